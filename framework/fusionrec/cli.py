@@ -1,0 +1,77 @@
+"""The ``fusionrec`` command: LightningCLI's fit/validate/test/predict, plus ``plugins``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
+from rich.table import Table
+
+from fusionrec.data.datamodule import MultiTaskDataModule
+from fusionrec.errors import FusionrecError
+from fusionrec.plugins import SLOTS, get_registry
+from fusionrec.training.callbacks import MetricsTable, ParquetPredictionWriter
+from fusionrec.training.module import MultiTaskModule
+
+
+class FusionrecCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Tasks are declared once, under model; the data module reads their label columns.
+        parser.link_arguments("model.tasks", "data.tasks")
+        parser.add_argument("--output", type=str | None, default=None,
+                            help="predict: Parquet file for the per-task scores "
+                                 "(default: predictions.parquet in the run's log directory)")
+
+    def _use_checkpoint_preprocessing(self) -> None:
+        checkpoint = self.config[self.subcommand].get("ckpt_path")
+        if checkpoint and os.path.isfile(checkpoint):
+            self.datamodule.use_checkpoint(checkpoint)
+
+    def before_fit(self) -> None:
+        self._use_checkpoint_preprocessing()
+
+    def before_validate(self) -> None:
+        self._use_checkpoint_preprocessing()
+
+    def before_test(self) -> None:
+        self._use_checkpoint_preprocessing()
+
+    def before_predict(self) -> None:
+        self._use_checkpoint_preprocessing()
+        output = self.config["predict"].get("output") or Path(self.trainer.log_dir or ".") / "predictions.parquet"
+        self.trainer.callbacks.append(ParquetPredictionWriter(output))
+
+
+def print_plugins(console: Console | None = None) -> None:
+    """Every registered component by slot, with the plugin and distribution providing it."""
+    registry = get_registry()
+    table = Table(title="fusionrec components")
+    for column in ("slot", "name", "plugin", "distribution", "version"):
+        table.add_column(column)
+    for slot in SLOTS:
+        for component in registry.components[slot].values():
+            table.add_row(slot, component.name, component.plugin, component.distribution, component.version)
+    (console or Console()).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``argv`` defaults to the command line."""
+    try:
+        if (sys.argv[1:] if argv is None else argv)[:1] == ["plugins"]:
+            print_plugins()
+            return 0
+        FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv,
+                     parser_kwargs={"parser_mode": "omegaconf"},
+                     save_config_kwargs={"overwrite": True},
+                     trainer_defaults={"callbacks": [MetricsTable()]})
+    except FusionrecError as error:
+        print(f"fusionrec: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

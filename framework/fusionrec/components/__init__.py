@@ -1,0 +1,9 @@
+"""Base classes, one per plugin slot: every component of a slot exposes the same surface."""
+
+from fusionrec.components.balancer import LossBalancer
+from fusionrec.components.encoder import FieldEncoder, FieldInfo
+from fusionrec.components.fusion import Fusion
+from fusionrec.components.head import TaskHead
+from fusionrec.components.trunk import Trunk
+
+__all__ = ["FieldEncoder", "FieldInfo", "Fusion", "LossBalancer", "TaskHead", "Trunk"]

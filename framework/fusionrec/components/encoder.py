@@ -1,0 +1,42 @@
+"""Field encoders: one preprocessed field of a batch in, ``[B, output_dim]`` out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What an encoder needs to know about its field, read off the fitted preprocessing.
+
+    ``cardinality`` counts ids including the padding (0) and out-of-vocabulary (1) rows;
+    ``width`` is the padded length of a multi-valued field or the length of a vector field.
+    """
+
+    name: str
+    type: str
+    cardinality: int = 0
+    width: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class FieldEncoder(nn.Module):
+    """Base of every encoder plugin.
+
+    Subclasses take ``(field: FieldInfo, dim: int, **options)``, set ``self.output_dim`` and
+    implement ``forward(values) -> Tensor[B, output_dim]``. The input per feature type:
+    categorical ``Long[B]``, numeric ``Float[B, 2]`` (standardised value, missing flag),
+    multi_categorical ``Long[B, L]`` (0 = padding), vector ``Float[B, width]``.
+    """
+
+    output_dim: int
+
+    def __init__(self, field: FieldInfo, dim: int):
+        super().__init__()
+        self.field = field
+        self.output_dim = dim
+
+    def forward(self, values: Tensor) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,79 @@
+"""Task heads: a task's representation in, its output, loss, metrics and served score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from fusionrec.errors import DataError
+from fusionrec.modules.mlp import MLP
+
+
+class TaskHead(nn.Module):
+    """Base of every head plugin: ``(input_dim, label_state, tower=[64], dropout=0.0, **options)``.
+
+    Labels are the head's business, so that a third-party head can bring its own label type:
+    ``fit_labels`` learns plain-data state on the training split (e.g. the class list) and
+    ``encode_labels`` validates and tensorises the labels of any split with it. Every option of
+    the head is passed to ``fit_labels`` too.
+
+    ``forward(h: [B, D_t])`` returns the raw output (logits or values); ``loss``, ``predict``
+    (the served score: ``score_kind``) and ``update_metrics`` take that output.
+    """
+
+    score_kind = "value"
+
+    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
+        super().__init__()
+        self.label_state = label_state
+        self.tower = MLP(input_dim, list(tower), dropout=dropout)
+
+    # --- labels (class methods: they run in the data pipeline, before any model exists) ---
+
+    @classmethod
+    def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:
+        return {}
+
+    @classmethod
+    def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
+        raise NotImplementedError
+
+    # --- model side ---
+
+    def forward(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, output: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, Metric]:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:
+        scores = self.predict(output)
+        for metric in metrics.values():
+            metric.update(scores, target)
+
+
+def numeric_labels(values: pd.Series, where: str) -> np.ndarray:
+    """Labels as float64, failing on a missing or non-numeric value with its row number."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(numbers)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raw = values.iloc[row]
+        kind = "missing (NaN)" if pd.isna(raw) else f"not a finite number ({raw!r})"
+        raise DataError(f"{where}: label at row {row} is {kind}; {int(bad.sum())} row(s) like it")
+    return numbers
+
+
+def as_tensor(values: np.ndarray, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(values, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Rows to batches: reading, schema, fitted preprocessing and the Lightning data module."""

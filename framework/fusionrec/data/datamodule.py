@@ -1,0 +1,131 @@
+"""The Lightning data module: config -> tables -> fitted preprocessing -> columnar loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from fusionrec.data.batches import TensorTable, batch_loader
+from fusionrec.data.preprocessing import Preprocessor
+from fusionrec.data.reading import join_side_tables, read_table, require_columns, split_table
+from fusionrec.data.schema import parse_features, parse_tasks
+from fusionrec.data.synthetic import quickstart_log
+from fusionrec.errors import ConfigError
+from fusionrec.plugins import get_registry
+
+
+class MultiTaskDataModule(LightningDataModule):
+    """Rows from files (or the built-in generator) as batches of tensors.
+
+    Args:
+        features: ``{column: {type: categorical|numeric|multi_categorical|vector, **options}}``.
+        tasks: the model's tasks (linked from ``model.tasks`` by the CLI), for their label columns.
+        path: one file to split by ``split``; or give ``train`` (+ ``val``, ``test``) files.
+        split: ``{method: random|time, ratios: [train, val, test], time_column, seed}``.
+        joins: side tables left-joined onto every split: ``[{path, on}]``.
+        generate: ``{rows, users, items, seed}`` for the synthetic quickstart log (instead of files).
+        predict: file to score with ``fusionrec predict`` (default: the test split).
+        scenario: the column naming each row's scenario; encoded like a categorical feature.
+    """
+
+    def __init__(self, features: dict[str, Any], tasks: dict[str, Any], path: str | None = None,
+                 train: str | None = None, val: str | None = None, test: str | None = None,
+                 predict: str | None = None, split: dict[str, Any] | None = None,
+                 joins: list[dict[str, Any]] | None = None, generate: dict[str, Any] | None = None,
+                 scenario: str | None = None, batch_size: int = 1024, eval_batch_size: int = 8192,
+                 num_workers: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.registry = get_registry()
+        self.feature_specs = parse_features({**features, **({scenario: {"type": "categorical"}}
+                                                            if scenario and scenario not in features else {})})
+        self.task_specs = parse_tasks(tasks, self.registry)
+        sources = [name for name, value in (("path", path), ("train", train), ("generate", generate)) if value]
+        if len(sources) != 1:
+            raise ConfigError(f"data: give exactly one of data.path (split by data.split), data.train "
+                              f"(+ val/test) or data.generate; got {', '.join(sources) or 'none'}")
+        self.preprocessor: Preprocessor | None = None
+        self.splits: dict[str, pd.DataFrame] = {}
+        self.tables: dict[str, TensorTable] = {}
+
+    # --- reading ---
+
+    def _read(self, path: str, key: str) -> pd.DataFrame:
+        frame = read_table(path, key)
+        return join_side_tables(frame, self.hparams.joins or [], "data.joins")
+
+    def _load_splits(self) -> dict[str, pd.DataFrame]:
+        hp = self.hparams
+        if hp.train:
+            splits = {name: self._read(getattr(hp, name), f"data.{name}")
+                      for name in ("train", "val", "test") if getattr(hp, name)}
+        else:
+            path = hp.path
+            split = dict(hp.split or {})
+            if hp.generate:
+                path = str(quickstart_log(**hp.generate))
+                split.setdefault("method", "time")
+                split.setdefault("time_column", "timestamp")
+            if not split:
+                raise ConfigError("data.split: required with data.path, e.g. {method: random, ratios: [0.8, 0.1, 0.1]}")
+            unknown = set(split) - {"method", "ratios", "time_column", "seed"}
+            if unknown:
+                raise ConfigError(f"data.split: unknown key(s) {', '.join(sorted(unknown))}; "
+                                  f"accepted: method, ratios, time_column, seed")
+            frame = self._read(path, "data.generate" if hp.generate else "data.path")
+            parts = split_table(frame, split.get("method", "random"), split.get("ratios", (0.8, 0.1, 0.1)),
+                                "data.split", split.get("time_column"), split.get("seed", 0))
+            splits = {name: part for name, part in zip(("train", "val", "test"), parts) if len(part)}
+        if hp.predict:
+            splits["predict"] = self._read(hp.predict, "data.predict")
+        for name, frame in splits.items():
+            needed = {column: f"data.features.{column}" for column in self.feature_specs}
+            if name != "predict":
+                needed.update({task.label: f"model.tasks.{task.name}.label" for task in self.task_specs.values()})
+            require_columns(frame, needed)
+        return splits
+
+    # --- Lightning hooks ---
+
+    def setup(self, stage: str) -> None:
+        if self.tables:
+            return
+        self.splits = self._load_splits()
+        if self.preprocessor is None:
+            # A model restored from a checkpoint brings the vocabularies it was trained with.
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            fitted = getattr(model, "hparams", {}).get("preprocessing") if model is not None else None
+            self.preprocessor = Preprocessor(fitted) if fitted else Preprocessor.fit(
+                self.splits["train"], self.feature_specs, self.task_specs, self.registry)
+        self.tables = {name: self.preprocessor.transform(frame, self.registry, with_labels=name != "predict")
+                       for name, frame in self.splits.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.tables["train"], self.hparams.batch_size, True, self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict" if "predict" in self.tables else "test")
+
+    def predict_frame(self) -> pd.DataFrame:
+        return self.splits["predict" if "predict" in self.splits else "test"]
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        if split not in self.tables:
+            return []
+        return batch_loader(self.tables[split], self.hparams.eval_batch_size, False, self.hparams.num_workers)
+
+    def use_checkpoint(self, path: str) -> None:
+        """Take the fitted preprocessing of a checkpoint instead of refitting on the training split,
+        so test, predict and resumed runs see the vocabularies the model was trained with."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self.preprocessor = Preprocessor(checkpoint["hyper_parameters"]["preprocessing"])

@@ -1,0 +1,180 @@
+"""Fitted preprocessing: vocabularies and numeric statistics learned on the training split.
+
+The fitted state is plain data (lists, dicts, numbers), so it travels inside checkpoints and
+export bundles. Every transform is columnar: whole columns go through pandas/numpy at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fusionrec.components.encoder import FieldInfo
+from fusionrec.data.batches import TensorTable
+from fusionrec.data.schema import FeatureSpec, TaskSpec
+from fusionrec.errors import DataError
+from fusionrec.plugins import Registry
+
+PADDING, OUT_OF_VOCABULARY = 0, 1  # reserved ids of every vocabulary; tokens start at 2
+RESERVED = 2
+
+
+def _where(frame: pd.DataFrame, column: str) -> str:
+    return f"{frame.attrs.get('source', 'data')}, column '{column}'"
+
+
+def _tokens(values: pd.Series) -> pd.Series:
+    """Ids as strings, so 7, 7.0 read from different files and '7' map to one token."""
+    if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
+        values = values.astype("Int64")
+    return values.astype("string")
+
+
+def _split_multi(values: pd.Series, separator: str) -> pd.Series:
+    """Each cell as a list of tokens: a separated string or an existing list/array."""
+    sample = values.dropna()
+    if len(sample) and not isinstance(sample.iloc[0], str):
+        return values.map(lambda cell: [] if cell is None or (np.ndim(cell) == 0 and pd.isna(cell)) else list(cell))
+    return values.fillna("").astype(str).str.split(separator).map(lambda parts: [p for p in parts if p])
+
+
+def _vocabulary(tokens: pd.Series, min_count: int, max_size: int | None) -> list[str]:
+    counts = tokens.dropna().value_counts()
+    counts = counts[counts >= min_count]
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [token for token, _ in ordered[:max_size]]
+
+
+def _lookup(tokens: pd.Series | np.ndarray, vocabulary: list[str]) -> np.ndarray:
+    positions = pd.Index(vocabulary, dtype="string").get_indexer(pd.Series(tokens, dtype="string"))
+    return np.where(positions < 0, OUT_OF_VOCABULARY, positions + RESERVED).astype(np.int64)
+
+
+def _numbers(values: pd.Series, where: str) -> np.ndarray:
+    numbers = pd.to_numeric(values, errors="coerce")
+    wrong = numbers.isna() & values.notna()
+    if wrong.any():
+        row = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise DataError(f"{where}: numeric column holds a non-number at row {row}: {values.iloc[row]!r} "
+                        f"({int(wrong.sum())} such row(s))")
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+class Preprocessor:
+    """Turns a table into tensors with state fitted on the training split.
+
+    ``state = {"features": {name: {...}}, "tasks": {name: {"head", "label", "labels"}}}``.
+    """
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+
+    # --- fitting ---
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec],
+            registry: Registry) -> "Preprocessor":
+        fitted: dict[str, Any] = {}
+        for name, spec in features.items():
+            values, where = frame[name], _where(frame, name)
+            entry: dict[str, Any] = {"type": spec.type}
+            if spec.type == "categorical":
+                entry["vocabulary"] = _vocabulary(_tokens(values), spec.options["min_count"], spec.options["max_size"])
+            elif spec.type == "multi_categorical":
+                lists = _split_multi(values, spec.options["separator"])
+                entry["vocabulary"] = _vocabulary(_tokens(lists.explode()), spec.options["min_count"],
+                                                  spec.options["max_size"])
+                entry["separator"] = spec.options["separator"]
+                entry["max_length"] = int(spec.options["max_length"])
+            elif spec.type == "numeric":
+                numbers = _numbers(values, where)
+                finite = numbers[np.isfinite(numbers)]
+                if not len(finite):
+                    raise DataError(f"{where}: numeric column has no values in the training split")
+                std = float(finite.std())
+                entry.update(mean=float(finite.mean()), std=std if std > 0 else 1.0)
+            elif spec.type == "vector":
+                entry["width"] = int(np.shape(_first_present(values, where))[0])
+            fitted[name] = entry
+        labels = {}
+        for name, task in tasks.items():
+            head = registry.get("heads", task.head, f"model.tasks.{name}.head").factory
+            labels[name] = {"head": task.head, "label": task.label,
+                            "labels": head.fit_labels(frame[task.label], _where(frame, task.label), task.options)}
+        return cls({"features": fitted, "tasks": labels})
+
+    # --- applying ---
+
+    def field_infos(self) -> dict[str, FieldInfo]:
+        infos = {}
+        for name, entry in self.state["features"].items():
+            if entry["type"] in ("categorical", "multi_categorical"):
+                infos[name] = FieldInfo(name, entry["type"], cardinality=len(entry["vocabulary"]) + RESERVED,
+                                        width=entry.get("max_length", 1))
+            elif entry["type"] == "vector":
+                infos[name] = FieldInfo(name, "vector", width=entry["width"])
+            else:
+                infos[name] = FieldInfo(name, entry["type"], width=2)
+        return infos
+
+    def transform(self, frame: pd.DataFrame, registry: Registry, with_labels: bool = True) -> TensorTable:
+        features = {name: self._transform_feature(frame[name], entry, _where(frame, name))
+                    for name, entry in self.state["features"].items()}
+        labels = {}
+        if with_labels:
+            for name, task in self.state["tasks"].items():
+                head = registry.get("heads", task["head"], f"model.tasks.{name}.head").factory
+                labels[name] = head.encode_labels(frame[task["label"]], task["labels"],
+                                                  _where(frame, task["label"]) + f" (task '{name}')")
+        return TensorTable(features, labels, len(frame))
+
+    @staticmethod
+    def _transform_feature(values: pd.Series, entry: dict[str, Any], where: str) -> torch.Tensor:
+        kind = entry["type"]
+        if kind == "categorical":
+            return torch.from_numpy(_lookup(_tokens(values), entry["vocabulary"]))
+        if kind == "multi_categorical":
+            lists = _split_multi(values, entry["separator"])
+            lengths = lists.map(len).to_numpy()
+            flat = _lookup(_tokens(lists.explode().dropna()), entry["vocabulary"]) if lengths.sum() else np.array([], np.int64)
+            rows = np.repeat(np.arange(len(lists)), lengths)
+            positions = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            keep = positions < entry["max_length"]
+            padded = np.full((len(lists), entry["max_length"]), PADDING, dtype=np.int64)
+            padded[rows[keep], positions[keep]] = flat[keep]
+            return torch.from_numpy(padded)
+        if kind == "numeric":
+            numbers = _numbers(values, where)
+            missing = ~np.isfinite(numbers)
+            standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"])
+            return torch.from_numpy(np.stack([standardised, missing], axis=1).astype(np.float32))
+        if kind == "vector":
+            return torch.from_numpy(_stack_vectors(values, entry["width"], where))
+        raise DataError(f"{where}: unknown feature type {kind!r}")
+
+
+def _first_present(values: pd.Series, where: str) -> Any:
+    present = values.dropna()
+    if not len(present):
+        raise DataError(f"{where}: vector column has no values")
+    return present.iloc[0]
+
+
+def _stack_vectors(values: pd.Series, width: int, where: str) -> np.ndarray:
+    """list<float> cells -> [N, width]; a missing cell becomes zeros, a wrong length is an error."""
+    out = np.zeros((len(values), width), dtype=np.float32)
+    present = values.notna().to_numpy()
+    cells = values[present]
+    lengths = cells.map(np.size).to_numpy()
+    if (lengths != width).any():
+        row = int(np.flatnonzero(present)[np.flatnonzero(lengths != width)[0]])
+        raise DataError(f"{where}: vector at row {row} has {lengths[lengths != width][0]} values, expected {width}")
+    if len(cells):
+        try:
+            out[present] = np.stack(cells.to_numpy()).astype(np.float32)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{where}: vector column holds non-numeric values: {error}") from None
+    return out

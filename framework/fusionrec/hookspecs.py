@@ -1,0 +1,89 @@
+"""Hook specifications: the whole plugin API of fusionrec.
+
+A plugin is a module (or object) with functions marked ``@fusionrec.hookimpl`` whose names match
+the specs below, registered under the ``fusionrec`` entry-point group::
+
+    [project.entry-points.fusionrec]
+    my_plugin = "my_package.plugin"
+
+Every registration hook returns ``{name: factory}``. Names are what configs use
+(``trunk: {name: mmoe}``) and what checkpoints store; a factory is a class deriving from the base
+class of its slot in :mod:`fusionrec.components`. Two plugins registering the same name in the same
+slot is an error naming both.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fusionrec")
+hookimpl = pluggy.HookimplMarker("fusionrec")
+
+
+# --------------------------------------------------------------------------------------------
+# Feature encoders
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_encoders() -> dict[str, type]:
+    """Register field encoders: ``{name: FieldEncoder subclass}``.
+
+    An encoder turns one preprocessed field of a batch into a ``[B, output_dim]`` tensor. The
+    built-in names ``categorical``, ``numeric``, ``multi_categorical`` and ``vector`` are the
+    defaults for the feature types of the same names; ``model.encoders.<field>.name`` picks
+    another.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Fusion of encoded fields
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_fusions() -> dict[str, type]:
+    """Register fusion layers: ``{name: Fusion subclass}``.
+
+    A fusion layer merges the per-field ``[B, D_f]`` tensors into one ``[B, D]`` representation.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Shared trunks
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_trunks() -> dict[str, type]:
+    """Register shared trunks: ``{name: Trunk subclass}``.
+
+    A trunk maps the fused ``[B, D]`` representation to one ``[B, D_t]`` input per task
+    (shared-bottom, MMoE, PLE, ...).
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Task heads
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_heads() -> dict[str, type]:
+    """Register task heads: ``{name: TaskHead subclass}``.
+
+    A head owns everything task-specific: label validation and encoding, the output layer,
+    the loss, the metrics and the served score.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Loss balancers
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_balancers() -> dict[str, type]:
+    """Register loss balancers: ``{name: LossBalancer subclass}``.
+
+    A balancer combines the per-task losses into the one loss that is back-propagated,
+    ``L = sum_i alpha_i * L_i`` for the built-in ``fixed`` balancer.
+    """

@@ -1,0 +1,60 @@
+"""The multi-task model: encode -> fuse -> share -> heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
+from fusionrec.errors import ConfigError
+from fusionrec.plugins import Registry
+
+
+class MultiTaskModel(nn.Module):
+    """One shared representation, one head per task.
+
+    ``forward(features)`` takes ``{field: [B, ...]}`` and returns ``{task: output}``, each output
+    ``[B]`` (binary, regression) or ``[B, C]`` (multiclass, multilabel).
+    """
+
+    def __init__(self, encoders: dict[str, FieldEncoder], fusion: Fusion, trunk: Trunk, heads: dict[str, TaskHead]):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.trunk = trunk
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items()}  # {F: [B, D_f]}
+        fused = self.fusion(encoded)  # [B, D]
+        shared = self.trunk(fused)  # {T: [B, D_t]}
+        return {task: head(shared[task]) for task, head in self.heads.items()}
+
+    @classmethod
+    def build(cls, registry: Registry, fields: dict[str, FieldInfo], tasks: dict[str, dict[str, Any]],
+              label_states: dict[str, dict], embedding_dim: int, encoders: dict[str, dict[str, Any]],
+              fusion: dict[str, Any], trunk: dict[str, Any]) -> "MultiTaskModel":
+        """Build every component by registry name. ``tasks``: ``{task: {head, options}}``;
+        ``fusion`` and ``trunk``: ``{name, **options}``; ``encoders``: per-field overrides."""
+        unknown = sorted(set(encoders) - set(fields))
+        if unknown:
+            raise ConfigError(f"model.encoders: no feature named {', '.join(unknown)}; features: {', '.join(fields)}")
+        built_encoders = {}
+        for name, info in fields.items():
+            options = dict(encoders.get(name, {}))
+            encoder_name = options.pop("name", info.type)
+            dim = options.pop("dim", embedding_dim)
+            built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
+                                                  info, dim, **options)
+        fusion_options = dict(fusion)
+        built_fusion = registry.build("fusions", fusion_options.pop("name"), "model.fusion",
+                                      {name: encoder.output_dim for name, encoder in built_encoders.items()},
+                                      **fusion_options)
+        trunk_options = dict(trunk)
+        built_trunk = registry.build("trunks", trunk_options.pop("name"), "model.trunk",
+                                     built_fusion.output_dim, list(tasks), **trunk_options)
+        heads = {task: registry.build("heads", spec["head"], f"model.tasks.{task}", built_trunk.output_dims[task],
+                                      label_states[task], **spec["options"])
+                 for task, spec in tasks.items()}
+        return cls(built_encoders, built_fusion, built_trunk, heads)

@@ -1,0 +1,144 @@
+"""The LightningModule: the multi-task model, its balanced loss, per-task metrics and optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+import fusionrec
+from fusionrec.data.batches import Batch
+from fusionrec.data.preprocessing import Preprocessor
+from fusionrec.data.schema import parse_tasks
+from fusionrec.errors import ConfigError
+from fusionrec.models.multitask import MultiTaskModel
+from fusionrec.plugins import get_registry
+
+EVAL_STAGES = ("val", "test")
+
+
+class MultiTaskModule(LightningModule):
+    """Trains a :class:`MultiTaskModel` on ``L = balancer({task: L_i})``.
+
+    Args:
+        tasks: ``{task: {head, label, weight, **head options}}``; ``weight`` is alpha_i.
+        embedding_dim: default output width of every field encoder.
+        encoders: per-field encoder overrides ``{field: {name, dim, **options}}``.
+        fusion: ``{name: concat, **options}``.
+        trunk: ``{name: shared_bottom|mmoe|ple, **options}``.
+        balancer: ``{name: fixed, **options}``.
+        preprocessing: the fitted vocabularies and statistics. Filled in from the data module on
+            the first fit and stored in every checkpoint; leave it unset in configs.
+    """
+
+    def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: int = 16,
+                 encoders: dict[str, dict[str, Any]] | None = None, fusion: dict[str, Any] | None = None,
+                 trunk: dict[str, Any] | None = None, balancer: dict[str, Any] | None = None,
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 preprocessing: dict[str, Any] | None = None):
+        super().__init__()
+        # logger=False: the resolved config is saved by the CLI; vocabularies don't belong in hparams.yaml.
+        self.save_hyperparameters(logger=False)
+        self.registry = get_registry()
+        self.task_specs = parse_tasks(tasks, self.registry)
+        self.fusion_config = {"name": "concat", **(fusion or {})}
+        self.trunk_config = {"name": "shared_bottom", **(trunk or {})}
+        self.balancer_config = {"name": "fixed", **(balancer or {})}
+        balancer_options = dict(self.balancer_config)
+        self.balancer = self.registry.build("balancers", balancer_options.pop("name"), "model.balancer",
+                                            {name: spec.weight for name, spec in self.task_specs.items()},
+                                            **balancer_options)
+        self.model: MultiTaskModel | None = None
+        if preprocessing is not None:
+            self._build(preprocessing)
+
+    def _build(self, preprocessing: dict[str, Any]) -> None:
+        hp = self.hparams
+        preprocessor = Preprocessor(preprocessing)
+        tasks = {name: {"head": spec.head, "options": spec.options} for name, spec in self.task_specs.items()}
+        missing = sorted(set(tasks) - set(preprocessing["tasks"]))
+        if missing:
+            raise ConfigError(f"model.tasks: task(s) {', '.join(missing)} have no fitted labels in the preprocessing")
+        self.model = MultiTaskModel.build(
+            self.registry, preprocessor.field_infos(), tasks,
+            {name: preprocessing["tasks"][name]["labels"] for name in tasks}, hp.embedding_dim,
+            dict(hp.encoders or {}), self.fusion_config, self.trunk_config)
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({task: nn.ModuleDict(head.metrics()) for task, head in self.model.heads.items()})
+            for stage in EVAL_STAGES})
+
+    def setup(self, stage: str) -> None:
+        if self.model is None:
+            datamodule = self.trainer.datamodule
+            if getattr(datamodule, "preprocessor", None) is None:
+                raise ConfigError("model: no fitted preprocessing; train with a MultiTaskDataModule")
+            self.hparams["preprocessing"] = datamodule.preprocessor.state
+            self._build(datamodule.preprocessor.state)
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.model(features)
+
+    def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        return {task: head.loss(outputs[task], batch.labels[task]) for task, head in self.model.heads.items()}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        losses = self._losses(self(batch.features), batch)
+        total = self.balancer(losses)
+        self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
+        self.log_dict({f"train/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
+        return total
+
+    def _evaluation_step(self, batch: Batch, stage: str) -> None:
+        outputs = self(batch.features)
+        losses = self._losses(outputs, batch)
+        self.log(f"{stage}/loss", self.balancer(losses), batch_size=len(batch), prog_bar=stage == "val")
+        self.log_dict({f"{stage}/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
+        for task, head in self.model.heads.items():
+            head.update_metrics(self.metrics[stage][task], outputs[task], batch.labels[task])
+
+    def _log_metrics(self, stage: str) -> None:
+        for task, metrics in self.metrics[stage].items():
+            for name, metric in metrics.items():
+                self.log(f"{stage}/{task}/{name}", metric.compute())
+                metric.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        outputs = self(batch.features)
+        return {"index": batch.index, **{task: head.predict(outputs[task]) for task, head in self.model.heads.items()}}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate,
+                                weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fusionrec"] = {"version": fusionrec.__version__, "torch": str(torch.__version__),
+                                   "components": self.component_manifest()}
+
+    def component_manifest(self) -> dict[str, Any]:
+        """Registry name -> providing plugin, distribution and version, for every component in use."""
+        def entry(slot: str, name: str) -> dict[str, str]:
+            return {"name": name, **self.registry.get(slot, name, slot).manifest_entry()}
+
+        encoders = self.hparams.encoders or {}
+        return {
+            "encoders": {field: entry("encoders", encoders.get(field, {}).get("name", info["type"]))
+                         for field, info in self.hparams.preprocessing["features"].items()},
+            "fusion": entry("fusions", self.fusion_config["name"]),
+            "trunk": entry("trunks", self.trunk_config["name"]),
+            "heads": {task: entry("heads", spec.head) for task, spec in self.task_specs.items()},
+            "balancer": entry("balancers", self.balancer_config["name"]),
+        }

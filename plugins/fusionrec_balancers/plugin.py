@@ -1,0 +1,7 @@
+from fusionrec import hookimpl
+from fusionrec_balancers.fixed import FixedWeights
+
+
+@hookimpl
+def fusionrec_register_balancers():
+    return {"fixed": FixedWeights}

@@ -1,0 +1,1 @@
+"""Built-in task heads: binary, regression, multiclass and multilabel."""

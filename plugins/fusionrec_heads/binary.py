@@ -1,0 +1,63 @@
+"""Binary classification: BCE on logits; AUC, logloss, accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from fusionrec.components import TaskHead
+from fusionrec.components.head import as_tensor, numeric_labels
+from fusionrec.errors import DataError
+from fusionrec_heads.metrics import BinaryLogLoss
+
+
+class BinaryHead(TaskHead):
+    """``[B, D_t] -> logits [B]``; serves the probability.
+
+    Labels are 0/1, or any number with ``threshold`` set (positive when ``label >= threshold``,
+    e.g. ``liked = rating >= 4``).
+    """
+
+    score_kind = "probability"
+
+    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0,
+                 threshold: float | None = None):
+        super().__init__(input_dim, label_state, tower, dropout)
+        self.output = nn.Linear(self.tower.output_dim, 1)
+
+    @classmethod
+    def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:
+        return {"threshold": options.get("threshold")}
+
+    @classmethod
+    def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
+        numbers = numeric_labels(values, where)
+        if state["threshold"] is not None:
+            return as_tensor(numbers >= state["threshold"], torch.float32)
+        outside = (numbers != 0) & (numbers != 1)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise DataError(f"{where}: a binary label must be 0 or 1, found {values.iloc[row]!r} at row {row} "
+                            f"({int(outside.sum())} such row(s)); set the task's 'threshold' to binarise it")
+        return as_tensor(numbers, torch.float32)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.output(self.tower(h)).squeeze(-1)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(output, target)
+
+    def predict(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output)
+
+    def metrics(self) -> dict[str, Metric]:
+        return {"auc": BinaryAUROC(), "logloss": BinaryLogLoss(), "accuracy": BinaryAccuracy()}
+
+    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:
+        super().update_metrics(metrics, output, target.long())

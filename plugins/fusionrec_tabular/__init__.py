@@ -1,0 +1,1 @@
+"""Built-in encoders for tabular fields: ids, numbers, multi-valued ids and precomputed vectors."""

@@ -1,0 +1,1 @@
+"""Built-in shared trunks: shared-bottom, MMoE and PLE."""

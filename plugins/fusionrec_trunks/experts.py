@@ -1,0 +1,32 @@
+"""Mixture-of-experts blocks shared by MMoE and PLE."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fusionrec.modules.mlp import MLP
+
+
+class Experts(nn.Module):
+    """``E`` expert MLPs over the same input: ``[B, D] -> [B, E, D_e]``."""
+
+    def __init__(self, input_dim: int, count: int, hidden: list[int], dropout: float):
+        super().__init__()
+        self.experts = nn.ModuleList(MLP(input_dim, hidden, dropout) for _ in range(count))
+        self.output_dim = self.experts[0].output_dim if count else input_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([expert(x) for expert in self.experts], dim=1)
+
+
+class Gate(nn.Module):
+    """Softmax weights over ``E`` experts from the gate's input: mixes ``[B, E, D_e] -> [B, D_e]``."""
+
+    def __init__(self, input_dim: int, num_experts: int):
+        super().__init__()
+        self.logits = nn.Linear(input_dim, num_experts)
+
+    def forward(self, gate_input: Tensor, expert_outputs: Tensor) -> Tensor:
+        weights = torch.softmax(self.logits(gate_input), dim=-1)  # [B, E]
+        return torch.einsum("be,bed->bd", weights, expert_outputs)

@@ -1,0 +1,21 @@
+"""Shared-bottom (Caruana 1997): one MLP whose output every task reads."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from fusionrec.components import Trunk
+from fusionrec.modules.mlp import MLP
+
+
+class SharedBottom(Trunk):
+    """``[B, D] -> {task: [B, hidden[-1]]}``, the same tensor for every task."""
+
+    def __init__(self, input_dim: int, tasks: list[str], hidden: list[int] = (256, 128), dropout: float = 0.0):
+        super().__init__(input_dim, tasks)
+        self.bottom = MLP(input_dim, list(hidden), dropout)
+        self.output_dims = {task: self.bottom.output_dim for task in self.tasks}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        shared = self.bottom(x)
+        return {task: shared for task in self.tasks}
