@@ -15,3 +15,11 @@ class DataError(FusionrecError):
 
 class PluginError(FusionrecError):
     """A plugin failed to load, or two plugins register the same component name."""
+
+
+def describe_value(values, position: int) -> str:
+    """``"'cheap' at row 12"`` for a pandas Series: the row number is the source file's (0-based,
+    header excluded), kept through splits, so a user can find the row."""
+    value = values.iloc[position]
+    value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+    return f"{value!r} at row {values.index[position]}"

@@ -129,7 +129,7 @@ def create_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, tuple[str, 
     try:
         plugin_manager.check_pending()
     except pluggy.PluginValidationError as error:
-        raise PluginError(f"fusionrec plugin '{error.plugin_name}' has a hook no spec declares: {error}") from error
+        raise PluginError(f"a fusionrec plugin has a hook no spec declares: {error}") from error
     return plugin_manager, distributions
 
 

@@ -13,7 +13,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from fusionrec.components import TaskHead
 from fusionrec.components.head import as_tensor, numeric_labels
-from fusionrec.errors import DataError
+from fusionrec.errors import DataError, describe_value
 from fusionrec_heads.metrics import BinaryLogLoss
 
 
@@ -42,8 +42,8 @@ class BinaryHead(TaskHead):
             return as_tensor(numbers >= state["threshold"], torch.float32)
         outside = (numbers != 0) & (numbers != 1)
         if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            raise DataError(f"{where}: a binary label must be 0 or 1, found {values.iloc[row]!r} at row {row} "
+            position = int(np.flatnonzero(outside)[0])
+            raise DataError(f"{where}: a binary label must be 0 or 1, found {describe_value(values, position)} "
                             f"({int(outside.sum())} such row(s)); set the task's 'threshold' to binarise it")
         return as_tensor(numbers, torch.float32)
 

@@ -13,21 +13,20 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, 
                                          MultilabelF1Score)
 
 from fusionrec.components import TaskHead
-from fusionrec.errors import DataError
+from fusionrec.errors import DataError, describe_value
 
 
 def _class_names(values: pd.Series, where: str) -> pd.Series:
     if values.isna().any():
-        row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise DataError(f"{where}: label at row {row} is missing")
+        raise DataError(f"{where}: label {describe_value(values, int(np.flatnonzero(values.isna())[0]))} is missing")
     if pd.api.types.is_float_dtype(values) and values.mod(1).eq(0).all():
         values = values.astype("int64")
     return values.astype(str)
 
 
 def _unknown_class_error(where: str, values: pd.Series, positions: np.ndarray, unknown: np.ndarray) -> DataError:
-    row = int(positions[np.flatnonzero(unknown)[0]])
-    return DataError(f"{where}: label {values.iloc[row]!r} at row {row} is a class the training split never "
+    position = int(positions[np.flatnonzero(unknown)[0]])
+    return DataError(f"{where}: label {describe_value(values, position)} is a class the training split never "
                      f"shows ({int(unknown.sum())} such value(s))")
 
 
@@ -84,12 +83,12 @@ class MultilabelHead(TaskHead):
 
     @staticmethod
     def _exploded(values: pd.Series, separator: str, where: str) -> pd.Series:
+        """One entry per (row, class), indexed by the row's position in ``values``."""
         if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{where}: label at row {row} is missing (use an empty string for no class)")
-        sample = values.iloc[0]
-        lists = values if not isinstance(sample, str) else values.str.split(separator)
-        return lists.explode().dropna().astype(str).loc[lambda s: s != ""]
+            raise DataError(f"{where}: label {describe_value(values, int(np.flatnonzero(values.isna())[0]))} "
+                            f"is missing (use an empty string for no class)")
+        lists = values.str.split(separator) if isinstance(values.iloc[0], str) else values
+        return lists.reset_index(drop=True).explode().dropna().astype(str).loc[lambda s: s != ""]
 
     @classmethod
     def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:

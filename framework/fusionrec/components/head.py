@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from fusionrec.errors import DataError
+from fusionrec.errors import DataError, describe_value
 from fusionrec.modules.mlp import MLP
 
 
@@ -68,10 +68,10 @@ def numeric_labels(values: pd.Series, where: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(numbers)
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raw = values.iloc[row]
-        kind = "missing (NaN)" if pd.isna(raw) else f"not a finite number ({raw!r})"
-        raise DataError(f"{where}: label at row {row} is {kind}; {int(bad.sum())} row(s) like it")
+        position = int(np.flatnonzero(bad)[0])
+        kind = "missing (NaN)" if pd.isna(values.iloc[position]) else "not a finite number"
+        raise DataError(f"{where}: label {describe_value(values, position)} is {kind}; "
+                        f"{int(bad.sum())} row(s) like it")
     return numbers
 
 

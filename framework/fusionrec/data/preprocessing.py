@@ -15,7 +15,7 @@ import torch
 from fusionrec.components.encoder import FieldInfo
 from fusionrec.data.batches import TensorTable
 from fusionrec.data.schema import FeatureSpec, TaskSpec
-from fusionrec.errors import DataError
+from fusionrec.errors import DataError, describe_value
 from fusionrec.plugins import Registry
 
 PADDING, OUT_OF_VOCABULARY = 0, 1  # reserved ids of every vocabulary; tokens start at 2
@@ -57,8 +57,8 @@ def _numbers(values: pd.Series, where: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce")
     wrong = numbers.isna() & values.notna()
     if wrong.any():
-        row = int(np.flatnonzero(wrong.to_numpy())[0])
-        raise DataError(f"{where}: numeric column holds a non-number at row {row}: {values.iloc[row]!r} "
+        position = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise DataError(f"{where}: numeric column holds a non-number, {describe_value(values, position)} "
                         f"({int(wrong.sum())} such row(s))")
     return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -170,7 +170,7 @@ def _stack_vectors(values: pd.Series, width: int, where: str) -> np.ndarray:
     cells = values[present]
     lengths = cells.map(np.size).to_numpy()
     if (lengths != width).any():
-        row = int(np.flatnonzero(present)[np.flatnonzero(lengths != width)[0]])
+        row = values.index[np.flatnonzero(present)[np.flatnonzero(lengths != width)[0]]]
         raise DataError(f"{where}: vector at row {row} has {lengths[lengths != width][0]} values, expected {width}")
     if len(cells):
         try:

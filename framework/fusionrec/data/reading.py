@@ -94,7 +94,7 @@ def split_table(frame: pd.DataFrame, method: str, ratios: Sequence[float], key: 
     bounds = np.round(np.cumsum(ratios)[:2] * len(frame)).astype(int)
     parts = []
     for name, rows in zip(("train", "val", "test"), np.split(order, bounds)):
-        part = frame.iloc[np.sort(rows) if method == "random" else rows].reset_index(drop=True)
+        part = frame.iloc[np.sort(rows) if method == "random" else rows]  # keeps file row numbers for messages
         part.attrs["source"] = f"{frame.attrs.get('source')} ({name} split)"
         parts.append(part)
     return tuple(parts)

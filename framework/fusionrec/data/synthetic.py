@@ -4,6 +4,9 @@ Users and items have hidden latent vectors; their affinity drives every behaviou
 feature carries part of that signal, so a model that learns beats a constant predictor on every
 task by a wide margin:
 
+Item tags and user interests reveal the signs of the latent dimensions, so the affinity of a user
+never seen in training is partly predictable too.
+
 - ``click`` (binary): logistic in affinity, with a per-scenario offset and an hour-of-day effect;
 - ``like`` (binary): only after a click, logistic in a second affinity and the user's age;
 - ``watch_time`` (regression, minutes): zero without a click, log-normal in affinity after one.
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SCENARIOS = ("home", "search", "detail")
 
 
@@ -31,6 +34,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _sign_tags(vectors: np.ndarray, prefix: str) -> np.ndarray:
+    dims = np.arange(vectors.shape[1])
+    names = np.array([f"{prefix}{k}{sign}" for k in dims for sign in "+-"]).reshape(-1, 2)
+    chosen = names[dims, (vectors < 0).astype(int)]  # [N, latent]
+    return np.array(["|".join(row) for row in chosen])
+
+
 def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     latent = 4
@@ -40,10 +50,9 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     user_segment = np.argmax(user_vec[:, :2] @ rng.normal(0, 1, (2, 6)), axis=1)
     item_category = np.argmax(item_vec @ rng.normal(0, 1, (latent, 20)), axis=1)
     item_price = np.exp(rng.normal(2.5, 0.6, items))
-    tag_names = np.array([f"t{k}" for k in range(2 * latent)])
-    # Tags reveal the signs of an item's latent dimensions.
-    tag_ids = np.where(item_vec > 0, np.arange(latent) * 2, np.arange(latent) * 2 + 1)
-    item_tags = np.array(["|".join(tag_names[row]) for row in tag_ids])
+    # Tags reveal the signs of the latent dimensions: item tags describe the item, user interests the user.
+    item_tags = _sign_tags(item_vec, "t")
+    user_interests = _sign_tags(user_vec, "i")
     item_embedding = (item_vec @ rng.normal(0, 0.5, (latent, 8)) + rng.normal(0, 0.3, (items, 8))).astype(np.float32)
 
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
@@ -65,7 +74,7 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     age[rng.random(rows) < 0.05] = np.nan  # some users never gave their age
     return pd.DataFrame({
         "user_id": user, "item_id": item, "scenario": np.array(SCENARIOS)[scenario],
-        "user_age": age, "user_segment": user_segment[user], "item_category": item_category[item],
+        "user_age": age, "user_segment": user_segment[user], "user_interests": user_interests[user], "item_category": item_category[item],
         "item_tags": item_tags[item], "item_price": item_price[item].round(2), "hour": hour,
         "item_embedding": list(item_embedding[item]), "timestamp": timestamp,
         "click": click.astype(np.int8), "like": like.astype(np.int8), "watch_time": watch_time.round(3),
