@@ -118,3 +118,10 @@ def test_plugins_command_lists_every_slot(capsys):
     for names in BUILTINS.values():
         for name in names:
             assert name in out
+
+
+def test_two_entry_points_with_one_name_is_an_error_naming_both_distributions(monkeypatch):
+    _entry_points(monkeypatch, ("heads", "fusionrec_heads.plugin", "fusionrec"),
+                  ("heads", "fusionrec_trunks.plugin", "someone-else"))
+    with pytest.raises(PluginError, match="both named 'heads': from fusionrec and someone-else"):
+        load_plugins(_manager())

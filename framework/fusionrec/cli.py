@@ -21,6 +21,8 @@ class FusionrecCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Tasks are declared once, under model; the data module reads their label columns.
         parser.link_arguments("model.tasks", "data.tasks")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="fit: evaluate the best checkpoint on the test split when training ends")
         parser.add_argument("--output", type=str | None, default=None,
                             help="predict: Parquet file for the per-task scores "
                                  "(default: predictions.parquet in the run's log directory)")
@@ -32,6 +34,11 @@ class FusionrecCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._use_checkpoint_preprocessing()
+
+    def after_fit(self) -> None:
+        if self.config["fit"].get("test_after_fit") and self.datamodule.tables.get("test") is not None:
+            best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
 
     def before_validate(self) -> None:
         self._use_checkpoint_preprocessing()
@@ -54,7 +61,8 @@ def print_plugins(console: Console | None = None) -> None:
     for slot in SLOTS:
         for component in registry.components[slot].values():
             table.add_row(slot, component.name, component.plugin, component.distribution, component.version)
-    (console or Console()).print(table)
+    # Off a terminal rich assumes 80 columns and would cut distribution names short.
+    (console or Console(width=None if sys.stdout.isatty() else 200)).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,8 +108,9 @@ def load_plugins(plugin_manager: pluggy.PluginManager) -> dict[str, tuple[str, s
         dist_name = dist.metadata["Name"] if dist else "(unknown distribution)"
         if builtins_only and dist_name != BUILTIN_DISTRIBUTION:
             continue
-        if plugin_manager.has_plugin(entry_point.name):
-            continue
+        if entry_point.name in distributions:
+            raise PluginError(f"two fusionrec plugins are both named '{entry_point.name}': from "
+                              f"{distributions[entry_point.name][0]} and {dist_name}; rename one entry point")
         try:
             plugin_manager.register(entry_point.load(), name=entry_point.name)
         except Exception as error:  # a third-party plugin may fail in any way while importing

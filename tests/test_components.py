@@ -1,0 +1,98 @@
+"""Every registered trunk, and each built-in encoder and head, honours its slot's surface."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from fusionrec.components import FieldInfo
+from fusionrec.plugins import get_registry
+
+B = 5
+ENCODER_INPUTS = {
+    "categorical": (FieldInfo("f", "categorical", cardinality=10), lambda: torch.randint(0, 10, (B,))),
+    "multi_categorical": (FieldInfo("f", "multi_categorical", cardinality=10, width=3),
+                          lambda: torch.tensor([[2, 3, 0], [0, 0, 0], [4, 4, 4], [5, 0, 0], [9, 8, 7]])),
+    "numeric": (FieldInfo("f", "numeric", width=2), lambda: torch.tensor([[0.5, 0.0]] * 4 + [[0.0, 1.0]])),
+    "vector": (FieldInfo("f", "vector", width=6), lambda: torch.randn(B, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_INPUTS))
+def test_builtin_encoders_map_their_field_to_batch_by_dim(name):
+    info, make_input = ENCODER_INPUTS[name]
+    encoder = get_registry().build("encoders", name, "test", info, 7)
+    out = encoder(make_input())
+    assert encoder.output_dim == 7 and out.shape == (B, 7)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+def test_multi_categorical_ignores_padding():
+    info, _ = ENCODER_INPUTS["multi_categorical"]
+    encoder = get_registry().build("encoders", "multi_categorical", "test", info, 4)
+    ids = torch.tensor([[2, 3, 0, 0]])
+    expected = encoder.embedding.weight[[2, 3]].mean(0)
+    torch.testing.assert_close(encoder(ids)[0], expected)
+    assert torch.equal(encoder(torch.zeros(1, 4, dtype=torch.long)), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("name", sorted(get_registry().components["trunks"]))
+def test_every_trunk_gives_each_task_its_representation(name):
+    trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"])
+    x = torch.randn(B, 12, requires_grad=True)
+    out = trunk(x)
+    assert set(out) == {"click", "like"}
+    for task, h in out.items():
+        assert h.shape == (B, trunk.output_dims[task])
+    sum(h.sum() for h in out.values()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["mmoe", "ple"])
+def test_gated_trunks_give_tasks_different_mixtures(name):
+    trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"])
+    out = trunk(torch.randn(B, 12))
+    assert not torch.allclose(out["click"], out["like"])
+
+
+HEAD_LABELS = {
+    "binary": pd.Series([0, 1, 1, 0, 1]),
+    "regression": pd.Series([1.5, 2.0, 10.0, 0.0, 3.0]),
+    "multiclass": pd.Series(["a", "b", "c", "a", "b"]),
+    "multilabel": pd.Series(["a|b", "b", "", "c", "a|c"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_LABELS))
+def test_builtin_heads_share_one_surface(name):
+    factory = get_registry().get("heads", name, "test").factory
+    state = factory.fit_labels(HEAD_LABELS[name], "labels.csv, column 'y'", {})
+    target = factory.encode_labels(HEAD_LABELS[name], state, "labels.csv, column 'y'")
+    head = get_registry().build("heads", name, "test", 8, state)
+    output = head(torch.randn(B, 8))
+    loss = head.loss(output, target)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    scores = head.predict(output.detach())
+    assert scores.shape[0] == B
+    metrics = torch.nn.ModuleDict(head.metrics())
+    head.update_metrics(metrics, output.detach(), target)
+    assert all(torch.isfinite(torch.as_tensor(metric.compute())).all() for metric in metrics.values())
+
+
+def test_regression_head_learns_in_standard_units_and_serves_the_label_scale():
+    factory = get_registry().get("heads", "regression", "test").factory
+    labels = pd.Series([100.0, 200.0, 300.0])
+    head = factory(4, factory.fit_labels(labels, "w", {}))
+    output = torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(head.predict(output), torch.tensor([200.0, 200.0 + float(labels.std(ddof=0))]))
+    torch.testing.assert_close(head.loss(torch.zeros(3), torch.tensor([100.0, 200.0, 300.0])), torch.tensor(1.0))
+
+
+def test_fixed_balancer_is_the_weighted_sum():
+    balancer = get_registry().build("balancers", "fixed", "test", {"a": 2.0, "b": 0.5})
+    losses = {"a": torch.tensor(1.5), "b": torch.tensor(4.0)}
+    assert balancer(losses).item() == pytest.approx(2.0 * 1.5 + 0.5 * 4.0)
+    assert balancer.task_weights() == {"a": 2.0, "b": 0.5}
