@@ -96,3 +96,11 @@ def test_fixed_balancer_is_the_weighted_sum():
     losses = {"a": torch.tensor(1.5), "b": torch.tensor(4.0)}
     assert balancer(losses).item() == pytest.approx(2.0 * 1.5 + 0.5 * 4.0)
     assert balancer.task_weights() == {"a": 2.0, "b": 0.5}
+
+
+@pytest.mark.parametrize("name, options", [("mmoe", {"num_experts": 0}), ("ple", {"num_levels": 0}),
+                                           ("ple", {"shared_experts": 0})])
+def test_trunks_reject_empty_expert_configurations(name, options):
+    from fusionrec.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.trunk"):
+        get_registry().build("trunks", name, "model.trunk", 12, ["a"], **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.modules.mlp import MLP
+from fusionrec.modules.feedforward import FeedForward
 
 
 class Experts(nn.Module):
@@ -13,7 +13,7 @@ class Experts(nn.Module):
 
     def __init__(self, input_dim: int, count: int, hidden: list[int], dropout: float):
         super().__init__()
-        self.experts = nn.ModuleList(MLP(input_dim, hidden, dropout) for _ in range(count))
+        self.experts = nn.ModuleList(FeedForward(input_dim, hidden, dropout) for _ in range(count))
         self.output_dim = self.experts[0].output_dim if count else input_dim
 
     def forward(self, x: Tensor) -> Tensor:

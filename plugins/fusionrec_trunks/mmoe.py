@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fusionrec.components import Trunk
+from fusionrec.errors import ConfigError
 from fusionrec_trunks.experts import Experts, Gate
 
 
@@ -14,6 +15,8 @@ class MultiGateMixtureOfExperts(Trunk):
     def __init__(self, input_dim: int, tasks: list[str], num_experts: int = 4,
                  expert_hidden: list[int] = (256, 128), dropout: float = 0.0):
         super().__init__(input_dim, tasks)
+        if num_experts < 1:
+            raise ConfigError(f"model.trunk.num_experts: expected at least 1, got {num_experts}")
         self.experts = Experts(input_dim, num_experts, list(expert_hidden), dropout)
         self.gates = nn.ModuleDict({task: Gate(input_dim, num_experts) for task in self.tasks})
         self.output_dims = {task: self.experts.output_dim for task in self.tasks}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fusionrec.components import Trunk
-from fusionrec.modules.mlp import MLP
+from fusionrec.modules.feedforward import FeedForward
 
 
 class SharedBottom(Trunk):
@@ -13,7 +13,7 @@ class SharedBottom(Trunk):
 
     def __init__(self, input_dim: int, tasks: list[str], hidden: list[int] = (256, 128), dropout: float = 0.0):
         super().__init__(input_dim, tasks)
-        self.bottom = MLP(input_dim, list(hidden), dropout)
+        self.bottom = FeedForward(input_dim, list(hidden), dropout)
         self.output_dims = {task: self.bottom.output_dim for task in self.tasks}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from fusionrec.errors import DataError, describe_value
-from fusionrec.modules.mlp import MLP
+from fusionrec.modules.feedforward import FeedForward
 
 
 class TaskHead(nn.Module):
@@ -31,7 +31,7 @@ class TaskHead(nn.Module):
     def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
         super().__init__()
         self.label_state = label_state
-        self.tower = MLP(input_dim, list(tower), dropout=dropout)
+        self.tower = FeedForward(input_dim, list(tower), dropout=dropout)
 
     # --- labels (class methods: they run in the data pipeline, before any model exists) ---
 

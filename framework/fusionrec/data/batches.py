@@ -1,12 +1,13 @@
-"""Columnar batches: a split is a set of tensors, and a batch is a slice of them."""
+"""Columnar batches: a split is a set of tensors, and a batch is a gather of rows from them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass
@@ -21,10 +22,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.index)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch({k: v.to(device) for k, v in self.features.items()},
+                     {k: v.to(device) for k, v in self.labels.items()}, self.index.to(device))
+
 
 class TensorTable(Dataset):
-    """A whole split as tensors. Indexed by a list of rows, it returns one ``Batch``: the loader
-    hands it the index lists of a ``BatchSampler``, so no per-row Python runs per batch."""
+    """A whole split as tensors. Indexed by the row numbers of a batch (a ``LongTensor`` from
+    :class:`BatchIndices`, or a list), it returns one ``Batch``: one ``index_select`` per column,
+    no per-row Python."""
 
     def __init__(self, features: dict[str, Tensor], labels: dict[str, Tensor], num_rows: int):
         self.features, self.labels, self.num_rows = features, labels, num_rows
@@ -32,13 +38,48 @@ class TensorTable(Dataset):
     def __len__(self) -> int:
         return self.num_rows
 
-    def __getitem__(self, rows: list[int]) -> Batch:
+    def __getitem__(self, rows: Tensor | Sequence[int]) -> Batch:
         index = torch.as_tensor(rows, dtype=torch.long)
-        return Batch({k: v[index] for k, v in self.features.items()},
-                     {k: v[index] for k, v in self.labels.items()}, index)
+        # index_select, not v[index]: advanced indexing is several times slower on CPU for the
+        # same gather, and far slower again when other processes compete for the cores.
+        return Batch({k: v.index_select(0, index) for k, v in self.features.items()},
+                     {k: v.index_select(0, index) for k, v in self.labels.items()}, index)
+
+
+class BatchIndices(Sampler[Tensor]):
+    """The row numbers of every batch of an epoch, each a ``LongTensor``: slices of one
+    ``randperm`` (shuffled) or of ``arange`` (in order), so no Python int is made per row.
+
+    Unseeded, each epoch's permutation is seeded from torch's global generator, as
+    ``RandomSampler`` does, so ``seed_everything`` makes the order reproducible.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, shuffle: bool, drop_last: bool = False,
+                 generator: torch.Generator | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.num_rows, self.batch_size, self.shuffle = num_rows, batch_size, shuffle
+        self.drop_last, self.generator = drop_last, generator
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_rows // self.batch_size
+        return -(-self.num_rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.shuffle:
+            generator = self.generator
+            if generator is None:
+                generator = torch.Generator()
+                generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            order = torch.randperm(self.num_rows, generator=generator)
+        else:
+            order = torch.arange(self.num_rows)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            # A copy, so a kept batch (e.g. a prediction's index) doesn't pin the whole permutation.
+            yield order[start:start + self.batch_size].clone()
 
 
 def batch_loader(table: TensorTable, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
-    order = RandomSampler(range(len(table))) if shuffle else SequentialSampler(range(len(table)))
-    return DataLoader(table, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
+    return DataLoader(table, batch_size=None, sampler=BatchIndices(len(table), batch_size, shuffle),
                       num_workers=num_workers, persistent_workers=num_workers > 0)

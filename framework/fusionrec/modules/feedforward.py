@@ -1,11 +1,11 @@
-"""A plain multi-layer perceptron, the block most components are built from."""
+"""A plain feed-forward network (multi-layer perceptron), the block most components are built from."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 
-class MLP(nn.Sequential):
+class FeedForward(nn.Sequential):
     """``[B, input_dim] -> [B, output_dim]`` through Linear-ReLU-Dropout per hidden width.
 
     With no widths it is the identity and ``output_dim == input_dim``.
