@@ -104,3 +104,13 @@ def test_trunks_reject_empty_expert_configurations(name, options):
     from fusionrec.errors import ConfigError
     with pytest.raises(ConfigError, match="model.trunk"):
         get_registry().build("trunks", name, "model.trunk", 12, ["a"], **options)
+
+
+def test_multilabel_auc_averages_only_labels_present_in_the_data():
+    factory = get_registry().get("heads", "multilabel", "test").factory
+    head = factory(4, {"classes": ["a", "b", "never"], "separator": "|"})
+    metrics = torch.nn.ModuleDict(head.metrics())
+    target = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    perfect_logits = (target.float() * 2 - 1) * 5
+    head.update_metrics(metrics, perfect_logits, target)
+    assert metrics["auc"].compute().item() == pytest.approx(1.0)

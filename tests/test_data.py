@@ -115,7 +115,7 @@ def test_side_tables_join_by_key(tmp_path):
     items = pd.DataFrame({"item": ["i1", "i2"], "genre": ["x", "y"]})
     items.to_csv(tmp_path / "items.csv", index=False)
     rows = pd.DataFrame({"item": ["i2", "i1", "i3"], "click": [1, 0, 1]})
-    joined = join_side_tables(rows, [{"path": str(tmp_path / "items.csv"), "on": "item"}], "data.joins")
+    joined = join_side_tables(rows, [{"path": str(tmp_path / "items.csv"), "key": "item"}], "data.joins")
     assert joined["genre"].iloc[:2].tolist() == ["y", "x"]
     assert joined["genre"].isna().tolist() == [False, False, True]
 
@@ -136,3 +136,12 @@ def test_batches_are_slices_of_the_split_tensors():
     for batch in batches:
         assert torch.equal(batch.features["user"], table.features["user"][batch.index])
         assert torch.equal(batch.labels["y"], table.labels["y"][batch.index])
+
+
+def test_numeric_na_values_count_as_missing_instead_of_failing():
+    train = pd.DataFrame({"year": ["1995", "unknown", "2001"], "y": [0, 1, 0]})
+    with pytest.raises(DataError, match="'unknown' at row 1"):
+        fitted(train, {"year": {"type": "numeric"}})
+    pre = fitted(train, {"year": {"type": "numeric", "na_values": ["unknown"]}})
+    assert pre.state["features"]["year"]["mean"] == pytest.approx(1998.0)
+    assert pre.transform(train, get_registry()).features["year"][:, 1].tolist() == [0.0, 1.0, 0.0]

@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MultilabelAUROC,
-                                         MultilabelF1Score)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MultilabelF1Score
 
 from fusionrec.components import TaskHead
 from fusionrec.errors import DataError, describe_value
+from fusionrec_heads.metrics import PresentLabelsAUROC
 
 
 def _class_names(values: pd.Series, where: str) -> pd.Series:
@@ -118,7 +118,7 @@ class MultilabelHead(TaskHead):
         return torch.sigmoid(output)
 
     def metrics(self) -> dict[str, Metric]:
-        return {"auc": MultilabelAUROC(self.num_classes, average="macro"),
+        return {"auc": PresentLabelsAUROC(self.num_classes),
                 "micro_f1": MultilabelF1Score(self.num_classes, average="micro")}
 
     def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:

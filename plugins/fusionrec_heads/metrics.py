@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.classification import MultilabelAUROC
+from torchmetrics.utilities import dim_zero_cat
 
 EPSILON = 1e-7
 
@@ -28,3 +30,19 @@ class BinaryLogLoss(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.count
+
+
+class PresentLabelsAUROC(MultilabelAUROC):
+    """Macro AUC over the labels that have both positive and negative rows in the evaluated data.
+
+    torchmetrics scores a label with no positives as 0 and averages it in, so one genre absent from
+    a test split would cap the macro AUC below 1."""
+
+    def __init__(self, num_labels: int):
+        super().__init__(num_labels, average="none")
+
+    def compute(self) -> Tensor:
+        per_label = super().compute()
+        positives = dim_zero_cat(self.target).sum(0)
+        present = (positives > 0) & (positives < dim_zero_cat(self.target).shape[0])
+        return per_label[present].mean() if present.any() else torch.tensor(float("nan"))

@@ -26,7 +26,7 @@ class MultiTaskDataModule(LightningDataModule):
         tasks: the model's tasks (linked from ``model.tasks`` by the CLI), for their label columns.
         path: one file to split by ``split``; or give ``train`` (+ ``val``, ``test``) files.
         split: ``{method: random|time, ratios: [train, val, test], time_column, seed}``.
-        joins: side tables left-joined onto every split: ``[{path, on}]``.
+        joins: side tables left-joined onto every split: ``[{path, key}]``.
         generate: ``{rows, users, items, seed}`` for the synthetic quickstart log (instead of files).
         predict: file to score with ``fusionrec predict`` (default: the test split).
         scenario: the column naming each row's scenario; encoded like a categorical feature.

@@ -53,7 +53,9 @@ def _lookup(tokens: pd.Series | np.ndarray, vocabulary: list[str]) -> np.ndarray
     return np.where(positions < 0, OUT_OF_VOCABULARY, positions + RESERVED).astype(np.int64)
 
 
-def _numbers(values: pd.Series, where: str) -> np.ndarray:
+def _numbers(values: pd.Series, where: str, na_values: list[str]) -> np.ndarray:
+    if len(na_values):
+        values = values.mask(values.astype("string").isin(na_values))
     numbers = pd.to_numeric(values, errors="coerce")
     wrong = numbers.isna() & values.notna()
     if wrong.any():
@@ -90,7 +92,8 @@ class Preprocessor:
                 entry["separator"] = spec.options["separator"]
                 entry["max_length"] = int(spec.options["max_length"])
             elif spec.type == "numeric":
-                numbers = _numbers(values, where)
+                entry["na_values"] = [str(v) for v in spec.options["na_values"]]
+                numbers = _numbers(values, where, entry["na_values"])
                 finite = numbers[np.isfinite(numbers)]
                 if not len(finite):
                     raise DataError(f"{where}: numeric column has no values in the training split")
@@ -147,7 +150,7 @@ class Preprocessor:
             padded[rows[keep], positions[keep]] = flat[keep]
             return torch.from_numpy(padded)
         if kind == "numeric":
-            numbers = _numbers(values, where)
+            numbers = _numbers(values, where, entry["na_values"])
             missing = ~np.isfinite(numbers)
             standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"])
             return torch.from_numpy(np.stack([standardised, missing], axis=1).astype(np.float32))

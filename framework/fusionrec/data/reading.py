@@ -52,19 +52,20 @@ def require_columns(frame: pd.DataFrame, needed: dict[str, str]) -> None:
 
 
 def join_side_tables(frame: pd.DataFrame, joins: Sequence[dict[str, Any]], key: str) -> pd.DataFrame:
-    """Left-join each ``{path, on}`` table (e.g. item or user attributes) onto the rows."""
+    """Left-join each ``{path, key}`` table (e.g. item or user attributes) onto the rows by ``key``."""
     source = frame.attrs.get("source")
     for number, join in enumerate(joins):
         join_key = f"{key}[{number}]"
-        if not isinstance(join, dict) or set(join) != {"path", "on"}:
-            raise ConfigError(f"{join_key}: expected {{path: FILE, on: COLUMN}}, got {join!r}")
+        if not isinstance(join, dict) or set(join) != {"path", "key"}:
+            raise ConfigError(f"{join_key}: expected {{path: FILE, key: COLUMN}}, got {join!r}")
+        key_column = join["key"]
         side = read_table(join["path"], f"{join_key}.path")
-        require_columns(side, {join["on"]: f"{join_key}.on"})
-        require_columns(frame, {join["on"]: f"{join_key}.on"})
-        if side[join["on"]].duplicated().any():
-            raise DataError(f"{join_key}: {join['path']} has repeated values in join column '{join['on']}'")
-        left = frame[join["on"]].astype(str)
-        side = side.set_index(side[join["on"]].astype(str)).drop(columns=join["on"])
+        require_columns(side, {key_column: f"{join_key}.key"})
+        require_columns(frame, {key_column: f"{join_key}.key"})
+        if side[key_column].duplicated().any():
+            raise DataError(f"{join_key}: {join['path']} has repeated values in join column '{key_column}'")
+        left = frame[key_column].astype(str)
+        side = side.set_index(side[key_column].astype(str)).drop(columns=key_column)
         overlap = sorted(set(side.columns) & set(frame.columns))
         if overlap:
             raise DataError(f"{join_key}: {join['path']} repeats column(s) of the rows: {', '.join(overlap)}")

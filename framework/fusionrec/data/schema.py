@@ -11,7 +11,7 @@ from fusionrec.plugins import Registry, check_options
 # Feature type -> options it accepts, with defaults. The type also names its default encoder.
 FEATURE_TYPES: dict[str, dict[str, Any]] = {
     "categorical": {"min_count": 1, "max_size": None},
-    "numeric": {},
+    "numeric": {"na_values": []},  # na_values: strings that mean "missing", e.g. ["unknown", "-"]
     "multi_categorical": {"separator": "|", "max_length": 16, "min_count": 1, "max_size": None},
     "vector": {},
 }
