@@ -32,7 +32,8 @@ def test_fit_saves_the_resolved_config_next_to_the_logs(trained):
     _, _, run = trained
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["trunk"]["name"] == "mmoe"
-    assert "val/click/auc" in (run / "metrics.csv").read_text()
+    logged = (run / "metrics.csv").read_text()
+    assert "val/click/auc" in logged and "train/click/loss" in logged
 
 
 def test_checkpoints_are_plain_data(trained):
