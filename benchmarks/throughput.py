@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
-import json
 import os
 import platform
 import resource
@@ -49,6 +47,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from fusionrec.data.synthetic import cache_path, write_once
 
 GENERATOR_VERSION = 2
 ID_COLUMNS = ("user_id", "item_id", "category_id", "brand_id", "city_id", "scenario", "device")
@@ -134,18 +134,11 @@ def cache_dir() -> Path:
 
 def log_path(rows: int, users: int, items: int, seed: int) -> Path:
     params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir() / f"impressions-{rows}-{digest}.parquet"
+    return cache_path(f"impressions-{rows}", params, cache_dir())
 
 
 def write_log(rows: int, users: int, items: int, seed: int) -> Path:
-    path = log_path(rows, users, items, seed)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        generate_log(rows, users, items, seed).to_parquet(partial, index=False)
-        os.replace(partial, path)
-    return path
+    return write_once(log_path(rows, users, items, seed), lambda: generate_log(rows, users, items, seed))
 
 
 def ensure_log(args: argparse.Namespace) -> Path:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -81,15 +82,25 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     })
 
 
-def quickstart_log(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
-                   directory: str | Path | None = None) -> Path:
-    """Path of the generated log, writing it on first use (atomically: a killed run leaves no half file)."""
-    params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
+def cache_path(name: str, params: dict, directory: str | Path | None = None) -> Path:
+    """Where a generated table lives: the file name hashes every parameter that shapes it."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(directory or cache_dir()) / f"synthetic-impressions-{digest}.parquet"
+    return Path(directory or cache_dir()) / f"{name}-{digest}.parquet"
+
+
+def write_once(path: Path, make: Callable[[], pd.DataFrame]) -> Path:
+    """Write ``make()`` to ``path`` unless it exists, atomically: a killed run leaves no half file."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
-        generate_impressions(rows, users, items, seed).to_parquet(partial, index=False)
+        make().to_parquet(partial, index=False)
         os.replace(partial, path)
     return path
+
+
+def quickstart_log(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
+                   directory: str | Path | None = None) -> Path:
+    """Path of the generated quickstart log, written on first use."""
+    params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
+    return write_once(cache_path("synthetic-impressions", params, directory),
+                      lambda: generate_impressions(rows, users, items, seed))
