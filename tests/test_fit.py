@@ -32,13 +32,14 @@ def constant_rmse(datamodule: MultiTaskDataModule, task: str) -> float:
     {"name": "ple", "num_levels": 2, "shared_experts": 1, "task_experts": 1, "expert_hidden": [32]},
 ])
 def test_every_trunk_beats_a_constant_predictor_on_every_task(trunk):
-    # The generator drives click and like through user-item affinity that ids, segment, tags and the
-    # item vector reveal (oracle AUC ~0.8), and watch time through the same affinity after a click;
-    # a constant predictor has AUC 0.5 and the RMSE of the training mean.
+    # The generator drives click and like through a user-item affinity that ids, segments, interests,
+    # tags and the item vector reveal, and watch time through the same affinity after a click;
+    # a constant predictor has AUC 0.5 and the RMSE of the training mean. Knowing the true
+    # probabilities gives AUC ~0.85 and ~0.6x that RMSE; these runs reach 0.67-0.71 AUC, 0.88-0.92x.
     metrics, datamodule, _ = fit_and_test(small_config(trunk))
     assert metrics["test/click/auc"] > 0.62
     assert metrics["test/like/auc"] > 0.65
-    assert metrics["test/watch_time/rmse"] < 0.93 * constant_rmse(datamodule, "watch_time")
+    assert metrics["test/watch_time/rmse"] < 0.96 * constant_rmse(datamodule, "watch_time")
 
 
 def test_metrics_are_reported_per_task_not_pooled():

@@ -17,6 +17,10 @@ from fusionrec.training.callbacks import MetricsTable, ParquetPredictionWriter
 from fusionrec.training.module import MultiTaskModule
 
 
+DESCRIPTION = ("fusionrec: multi-task recommendation on PyTorch Lightning. "
+               "'fusionrec plugins' lists the installed components.")
+
+
 class FusionrecCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Tasks are declared once, under model; the data module reads their label columns.
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print_plugins()
             return 0
         FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv,
-                     parser_kwargs={"parser_mode": "omegaconf"},
+                     parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
                      save_config_kwargs={"overwrite": True},
                      trainer_defaults={"callbacks": [MetricsTable()]})
     except FusionrecError as error:
