@@ -69,16 +69,22 @@ def print_plugins(console: Console | None = None) -> None:
     (console or Console(width=None if sys.stdout.isatty() else 200)).print(table)
 
 
+def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
+    """The CLI exactly as ``fusionrec`` builds it; with ``run=False`` it only instantiates the
+    model, data module and trainer (with every default ``fusionrec fit`` has), e.g. for benchmarks."""
+    return FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv, run=run,
+                        parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
+                        save_config_kwargs={"overwrite": True},
+                        trainer_defaults={"callbacks": [MetricsTable()]})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` defaults to the command line."""
     try:
         if (sys.argv[1:] if argv is None else argv)[:1] == ["plugins"]:
             print_plugins()
             return 0
-        FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv,
-                     parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
-                     save_config_kwargs={"overwrite": True},
-                     trainer_defaults={"callbacks": [MetricsTable()]})
+        make_cli(argv)
     except FusionrecError as error:
         print(f"fusionrec: error: {error}", file=sys.stderr)
         return 2
