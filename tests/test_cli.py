@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     path = write_config(root, config)
     assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(root / "runs")]) == 0
     run = root / "runs" / "lightning_logs" / "version_0"
-    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (run / "checkpoints").glob("epoch=*.ckpt")
     return path, checkpoint, run
 
 
@@ -106,3 +106,24 @@ def test_print_config_resolves_interpolation_and_overrides(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["embedding_dim"] == 24
     assert printed["model"]["trunk"]["expert_hidden"] == [8]  # interpolated in the file, before the override
+
+
+def test_fit_stops_early_and_tests_the_best_epoch(tmp_path):
+    # A large learning rate on the small log overfits the id embeddings within a few epochs.
+    config = small_config(trainer={"max_epochs": 10, "logger": True})
+    del config["trainer"]["enable_checkpointing"]  # fit's default callbacks: early stopping + best checkpoint
+    config["model"]["learning_rate"] = 0.02
+    path = write_config(tmp_path, config)
+    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path)]) == 0
+    fit_run = tmp_path / "lightning_logs" / "version_0"
+    logged = pd.read_csv(fit_run / "metrics.csv")
+    validation = logged.dropna(subset=["val/loss"])
+    assert validation["epoch"].max() < 9  # stopped before the budget ran out
+    best_epoch = int(validation.loc[validation["val/loss"].idxmin(), "epoch"])
+    (best,) = (fit_run / "checkpoints").glob("epoch=*.ckpt")
+    assert best.name.startswith(f"epoch={best_epoch}-") and (fit_run / "checkpoints" / "last.ckpt").exists()
+    # The test run at the end of fit scored the best checkpoint, not the last weights.
+    assert main(["test", "--config", str(path), "--ckpt_path", str(best),
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    retested = pd.read_csv(tmp_path / "lightning_logs" / "version_1" / "metrics.csv")
+    assert logged["test/loss"].dropna().item() == pytest.approx(retested["test/loss"].dropna().item(), rel=1e-6)

@@ -235,7 +235,7 @@ def test_fit_and_test_with_the_example_components(installed_plugin, cli_env, tmp
     fit_log = fit_root / "lightning_logs" / "version_0"
     validation = _metrics(fit_log)
     assert {"val/clicks/deviance", "val/clicks/mae", "val/clicks/loss", "val/like/auc"} <= set(validation)
-    (checkpoint,) = (fit_log / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (fit_log / "checkpoints").glob("epoch=*.ckpt")
     components = torch.load(checkpoint, map_location="cpu", weights_only=True)["fusionrec"]["components"]
     assert components["heads"]["clicks"] == {"name": "poisson", "plugin": "example",
                                              "distribution": DISTRIBUTION, "version": "0.1.0"}

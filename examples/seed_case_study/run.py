@@ -71,7 +71,7 @@ def _run(out: Path, rows: int) -> dict[str, float]:
     runs = out / "runs"
     if fusionrec(["fit", "--config", str(CONFIG), *data_args, f"--trainer.default_root_dir={runs}"]) != 0:
         raise SystemExit("fusionrec fit failed")
-    checkpoint = max(runs.glob("lightning_logs/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    checkpoint = max(runs.glob("lightning_logs/version_*/checkpoints/epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
     scores = out / "test_predictions.parquet"
     if fusionrec(["predict", "--config", str(CONFIG), *data_args, f"--trainer.default_root_dir={runs}",
                   f"--ckpt_path={checkpoint}", f"--output={scores}"]) != 0:

@@ -25,6 +25,17 @@ class FusionrecCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Tasks are declared once, under model; the data module reads their label columns.
         parser.link_arguments("model.tasks", "data.tasks")
+        # Sparse id embeddings overfit within a few epochs: keep the best epoch by validation loss,
+        # stop once it stops improving, and test that checkpoint (test_after_fit).
+        parser.set_defaults({
+            "trainer.max_epochs": 20,
+            "trainer.callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                 "init_args": {"monitor": "val/loss", "mode": "min", "patience": 2, "strict": False}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"monitor": "val/loss", "mode": "min", "save_top_k": 1, "save_last": True}},
+            ],
+        })
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="fit: evaluate the best checkpoint on the test split when training ends")
         parser.add_argument("--output", type=str | None, default=None,
