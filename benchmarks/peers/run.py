@@ -1,0 +1,218 @@
+"""fusionrec against torch-rechub and DeepCTR-Torch: same data, same splits, same seed, same batch
+size and epoch budget, each framework with its own defaults; one table and a JSON file.
+
+For every dataset x model (shared_bottom, mmoe, ple) x framework, one child process (``worker.py``)
+reads the dataset's split from Parquet, trains, predicts the test split and computes the test metrics
+with the shared code (``metrics.py``: scikit-learn AUC / logloss on probabilities, RMSE on values).
+The child times training only (evaluation excluded) and this process reads the child's peak RSS with
+``os.wait4`` (``ru_maxrss``). This process imports nothing heavy (no torch, no pandas), so its own
+memory does not leak into a child's figure.
+
+Run it from the repository root with the peers' venv (see README.md next to this file):
+
+    .venv-peers/bin/python benchmarks/peers/run.py --json /tmp/fusionrec-peers/results.json
+    .venv-peers/bin/python benchmarks/peers/run.py --rows 100000 --epochs 1 --models mmoe   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DATASETS = ("generated", "ml100k")
+MODELS = ("shared_bottom", "mmoe", "ple")
+FRAMEWORKS = ("fusionrec", "torch-rechub", "deepctr-torch")
+REFERENCE = "fusionrec"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    parser.add_argument("--epochs", type=int, default=10, help="max epochs, every framework")
+    parser.add_argument("--rows", type=int, default=600_000, help="rows of the generated log")
+    parser.add_argument("--users", type=int, default=50_000, help="users of the generated log")
+    parser.add_argument("--items", type=int, default=20_000, help="items of the generated log")
+    parser.add_argument("--seed", type=int, default=0, help="generator, split and training seed")
+    parser.add_argument("--batch-size", type=int, default=1024, help="training batch size, every framework")
+    parser.add_argument("--eval-batch-size", type=int, default=8192,
+                        help="batch size for predicting the test split (the peers' own default elsewhere)")
+    parser.add_argument("--rechub-embedding-dim", type=int, default=16,
+                        help="torch-rechub needs one (its per-feature auto size crashes the multi-task models)")
+    parser.add_argument("--deepctr-embedding-dim", type=int, default=None,
+                        help="DeepCTR-Torch embedding size (default: its own default, 4)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads in every child (default: torch's default)")
+    parser.add_argument("--json", type=Path, default=None, help="write every result and setting here")
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path(os.environ.get("FUSIONREC_PEERS_CACHE",
+                                                    Path(tempfile.gettempdir()) / "fusionrec-peers")),
+                        help="splits, scratch directories and child logs ($FUSIONREC_PEERS_CACHE)")
+    parser.add_argument("--ml100k-dir", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the child processes")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def run_child(args: argparse.Namespace, command: str, spec: dict, workdir: Path) -> tuple[dict | None, dict]:
+    """Run ``worker.py command``; returns (its JSON result or None, process facts incl. peak RSS)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path, log_path = workdir / "spec.json", workdir / "result.json", workdir / "log.txt"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    if out_path.exists():
+        out_path.unlink()
+    began = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([args.python, str(HERE / "worker.py"), command, str(spec_path), str(out_path)],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    facts = {"returncode": process.returncode, "peak_rss_mib": usage.ru_maxrss / 1024,
+             "process_wall_s": time.perf_counter() - began, "log": str(log_path)}
+    if process.returncode != 0 or not out_path.exists():
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-25:]
+        facts["error"] = "\n".join(tail)
+        return None, facts
+    return json.loads(out_path.read_text()), facts
+
+
+def data_args(args: argparse.Namespace) -> dict:
+    return {"rows": args.rows, "users": args.users, "items": args.items, "seed": args.seed,
+            "ml100k_dir": str(args.ml100k_dir)}
+
+
+# --------------------------------------------------------------------------- table
+
+
+def fmt_task(name: str, scores: dict | None) -> str:
+    if not scores:
+        return ""
+    if "auc" in scores:
+        return f"{name} {scores['auc']:.4f} / {scores['logloss']:.4f}"
+    return f"{name} RMSE {scores['rmse']:.4f}"
+
+
+def ratios(results: list[dict]) -> None:
+    """fusionrec rows/s over each peer's, same dataset and model."""
+    reference = {(r["dataset"], r["model"]): r.get("rows_per_s") for r in results if r["framework"] == REFERENCE}
+    for r in results:
+        ref = reference.get((r["dataset"], r["model"]))
+        r["fusionrec_over_peer_rows_per_s"] = (ref / r["rows_per_s"]
+                                               if r["framework"] != REFERENCE and ref and r.get("rows_per_s")
+                                               else None)
+
+
+def table(results: list[dict], task_names: dict[str, list[str]]) -> str:
+    header = ["dataset", "model", "framework", "params", "epochs", "task 1: AUC / logloss",
+              "task 2: AUC / logloss or RMSE", "train rows/s", "fusionrec ÷ peer rows/s", "peak RSS MiB", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        if r.get("error"):
+            cells = [r["dataset"], r["model"], r["framework"], "", "", "FAILED: " + r["error"].splitlines()[-1][:80],
+                     "", "", "", f"{r['peak_rss_mib']:,.0f}", ""]
+        else:
+            tasks = task_names[r["dataset"]]
+            ratio = r.get("fusionrec_over_peer_rows_per_s")
+            cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", str(r["epochs_run"]),
+                     fmt_task(tasks[0], r["metrics"].get(tasks[0])), fmt_task(tasks[1], r["metrics"].get(tasks[1])),
+                     f"{r['rows_per_s']:,.0f}", f"{ratio:.2f}" if ratio else "—",
+                     f"{r['peak_rss_mib']:,.0f}", f"{r['train_seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loadavg() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = args.cache_dir / "runs" / stamp
+    meta = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "cores": os.cpu_count(), "platform": platform.platform(), "loadavg_start": loadavg(),
+            "peak_rss": "ru_maxrss of each child process (os.wait4): the whole process -- imports, reading the "
+                        "split, preprocessing, training, predicting the test split",
+            "train_rows_per_s": "training rows / training seconds, all epochs; evaluation excluded"}
+    print(f"fusionrec vs peers: datasets {args.datasets}, models {args.models}, frameworks {args.frameworks}, "
+          f"epochs {args.epochs}, batch {args.batch_size}, seed {args.seed}; work dir {run_dir}", flush=True)
+
+    prepared, task_names = {}, {}
+    for name in args.datasets:
+        spec = {"dataset": name, "data_args": data_args(args), "cache": str(args.cache_dir)}
+        info, facts = run_child(args, "prepare", spec, run_dir / f"prepare-{name}")
+        if info is None:
+            print(f"preparing {name} failed:\n{facts['error']}", file=sys.stderr)
+            return 1
+        prepared[name] = info
+        task_names[name] = [t for t in next(iter(info["splits"].values())) if t != "rows"]
+        rows = ", ".join(f"{split} {v['rows']:,}" for split, v in info["splits"].items())
+        print(f"{name}: {info['split']} -> {rows}; label means (train) "
+              + ", ".join(f"{t} {info['splits']['train'][t]}" for t in task_names[name]), flush=True)
+
+    jobs = [(d, m, f) for d in args.datasets for m in args.models for f in args.frameworks]
+    results = []
+    for number, (dataset, model, framework) in enumerate(jobs, 1):
+        spec = {"dataset": dataset, "data_args": data_args(args), "cache": str(args.cache_dir),
+                "framework": framework, "model": model, "epochs": args.epochs, "batch_size": args.batch_size,
+                "eval_batch_size": args.eval_batch_size, "seed": args.seed, "threads": args.threads,
+                "rechub_embedding_dim": args.rechub_embedding_dim,
+                "deepctr_embedding_dim": args.deepctr_embedding_dim}
+        workdir = run_dir / f"{dataset}-{model}-{framework}"
+        spec["workdir"] = str(workdir / "scratch")
+        result, facts = run_child(args, "train", spec, workdir)
+        entry = {"dataset": dataset, "model": model, "framework": framework, **(result or {}), **facts}
+        results.append(entry)
+        if result is None:
+            print(f"[{number}/{len(jobs)}] {dataset} {model} {framework}: FAILED (log {facts['log']})\n"
+                  f"{facts['error']}", flush=True)
+            continue
+        scores = "; ".join(fmt_task(t, result["metrics"][t]) for t in task_names[dataset])
+        print(f"[{number}/{len(jobs)}] {dataset} {model} {framework}: {result['params']:,} params, "
+              f"{result['epochs_run']} epochs, {result['rows_per_s']:,.0f} train rows/s "
+              f"({result['train_seconds']:.1f} s), peak RSS {facts['peak_rss_mib']:,.0f} MiB, "
+              f"{facts['process_wall_s']:.0f} s wall; {scores}", flush=True)
+
+    ratios(results)
+    meta["loadavg_end"] = loadavg()
+    meta["wall_s"] = time.perf_counter() - began
+    print()
+    print(table(results, task_names))
+    print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k = liked (AUC / logloss) / "
+          f"rating (RMSE). Test split of each dataset; metrics by the same scikit-learn code for every framework.\n"
+          f"train rows/s: training rows over training seconds, all epochs, evaluation excluded. peak RSS: ru_maxrss "
+          f"of the framework's own process (imports, data, training, test predictions).\n"
+          f"load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}; "
+          f"{os.cpu_count()} cores; wall time {meta['wall_s'] / 60:.1f} min. Child logs under {run_dir}.")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "datasets": prepared, "results": results}, indent=2,
+                                        default=str))
+        print(f"wrote {args.json}")
+    return 0 if all(not r.get("error") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
