@@ -111,3 +111,8 @@ def test_a_misspelled_head_option(tmp_path, capsys):
     err = fit_error(tmp_path, capsys, rows(),
                     model=lambda m: {**m, "tasks": {"click": {"head": "binary", "treshold": 1}}})
     assert "model.tasks.click" in err and "'treshold'" in err and "threshold" in err
+
+
+def test_a_non_positive_batch_size(tmp_path, capsys):
+    err = fit_error(tmp_path, capsys, rows(), data=lambda d: {**d, "batch_size": 0})
+    assert "data.batch_size: expected a positive number of rows, got 0" in err

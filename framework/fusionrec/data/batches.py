@@ -50,32 +50,19 @@ class BatchIndices(Sampler[Tensor]):
     """The row numbers of every batch of an epoch, each a ``LongTensor``: slices of one
     ``randperm`` (shuffled) or of ``arange`` (in order), so no Python int is made per row.
 
-    Unseeded, each epoch's permutation is seeded from torch's global generator, as
-    ``RandomSampler`` does, so ``seed_everything`` makes the order reproducible.
+    The permutation draws from torch's global generator, as ``RandomSampler`` does, so
+    ``seed_everything`` makes the order reproducible.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, shuffle: bool, drop_last: bool = False,
-                 generator: torch.Generator | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    def __init__(self, num_rows: int, batch_size: int, shuffle: bool):
         self.num_rows, self.batch_size, self.shuffle = num_rows, batch_size, shuffle
-        self.drop_last, self.generator = drop_last, generator
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_rows // self.batch_size
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        if self.shuffle:
-            generator = self.generator
-            if generator is None:
-                generator = torch.Generator()
-                generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-            order = torch.randperm(self.num_rows, generator=generator)
-        else:
-            order = torch.arange(self.num_rows)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        order = torch.randperm(self.num_rows) if self.shuffle else torch.arange(self.num_rows)
+        for start in range(0, self.num_rows, self.batch_size):
             # A copy, so a kept batch (e.g. a prediction's index) doesn't pin the whole permutation.
             yield order[start:start + self.batch_size].clone()
 

@@ -48,6 +48,9 @@ class MultiTaskDataModule(LightningDataModule):
         if len(sources) != 1:
             raise ConfigError(f"data: give exactly one of data.path (split by data.split), data.train "
                               f"(+ val/test) or data.generate; got {', '.join(sources) or 'none'}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"data.{key}: expected a positive number of rows, got {value}")
         self.preprocessor: Preprocessor | None = None
         self.splits: dict[str, pd.DataFrame] = {}
         self.tables: dict[str, TensorTable] = {}
