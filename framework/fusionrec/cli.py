@@ -51,7 +51,7 @@ class FusionrecCLI(LightningCLI):
         self._use_checkpoint_preprocessing()
 
     def after_fit(self) -> None:
-        if self.config["fit"].get("test_after_fit") and self.datamodule.tables.get("test") is not None:
+        if self.config["fit"].get("test_after_fit") and "test" in self.datamodule.tables:
             best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
 

@@ -33,6 +33,7 @@ class PresentLabelsAUROC(MultilabelAUROC):
 
     def compute(self) -> Tensor:
         per_label = super().compute()
-        positives = dim_zero_cat(self.target).sum(0)
-        present = (positives > 0) & (positives < dim_zero_cat(self.target).shape[0])
+        target = dim_zero_cat(self.target)
+        positives = target.sum(0)
+        present = (positives > 0) & (positives < target.shape[0])
         return per_label[present].mean() if present.any() else torch.tensor(float("nan"))

@@ -14,7 +14,7 @@ class Experts(nn.Module):
     def __init__(self, input_dim: int, count: int, hidden: list[int], dropout: float):
         super().__init__()
         self.experts = nn.ModuleList(FeedForward(input_dim, hidden, dropout) for _ in range(count))
-        self.output_dim = self.experts[0].output_dim if count else input_dim
+        self.output_dim = self.experts[0].output_dim  # trunks require count >= 1
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([expert(x) for expert in self.experts], dim=1)

@@ -4,12 +4,12 @@ Users and items have hidden latent vectors; their affinity drives every behaviou
 feature carries part of that signal, so a model that learns beats a constant predictor on every
 task by a wide margin:
 
-Item tags and user interests reveal the signs of the latent dimensions, so the affinity of a user
-never seen in training is partly predictable too.
-
 - ``click`` (binary): logistic in affinity, with a per-scenario offset and an hour-of-day effect;
 - ``like`` (binary): only after a click, logistic in a second affinity and the user's age;
 - ``watch_time`` (regression, minutes): zero without a click, log-normal in affinity after one.
+
+Item tags and user interests reveal the signs of the latent dimensions, so the affinity of a user
+never seen in training is partly predictable too.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     age[rng.random(rows) < 0.05] = np.nan  # some users never gave their age
     return pd.DataFrame({
         "user_id": user, "item_id": item, "scenario": np.array(SCENARIOS)[scenario],
-        "user_age": age, "user_segment": user_segment[user], "user_interests": user_interests[user], "item_category": item_category[item],
-        "item_tags": item_tags[item], "item_price": item_price[item].round(2), "hour": hour,
+        "user_age": age, "user_segment": user_segment[user], "user_interests": user_interests[user],
+        "item_category": item_category[item], "item_tags": item_tags[item], "item_price": item_price[item].round(2), "hour": hour,
         "item_embedding": list(item_embedding[item]), "timestamp": timestamp,
         "click": click.astype(np.int8), "like": like.astype(np.int8), "watch_time": watch_time.round(3),
     })
