@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=600_000, help="rows of the generated log")
     parser.add_argument("--users", type=int, default=50_000, help="users of the generated log")
     parser.add_argument("--items", type=int, default=20_000, help="items of the generated log")
-    parser.add_argument("--seed", type=int, default=0, help="generator, split and training seed")
+    parser.add_argument("--seed", type=int, default=0, help="generator and split seed; the training seed too "
+                                                            "unless --train-seeds says otherwise")
+    parser.add_argument("--train-seeds", nargs="+", default=None, metavar="SEEDS",
+                        help="training seeds, each run once per seed and reported as mean ± sd: '0 1 2' for "
+                             "every dataset, or per dataset 'generated=0 ml100k=0,1,2'")
     parser.add_argument("--batch-size", type=int, default=1024, help="training batch size, every framework")
     parser.add_argument("--eval-batch-size", type=int, default=8192,
                         help="batch size for predicting the test split (the peers' own default elsewhere)")
@@ -62,7 +67,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="splits, scratch directories and child logs ($FUSIONREC_PEERS_CACHE)")
     parser.add_argument("--ml100k-dir", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the child processes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.seeds = train_seeds(parser, args)
+    return args
+
+
+def train_seeds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[int]]:
+    """``--train-seeds`` as ``{dataset: [seed, ...]}``: plain seeds apply to every dataset,
+    ``dataset=a,b`` to one."""
+    common = [item for item in args.train_seeds or [] if "=" not in item]
+    per_dataset = dict(item.split("=", 1) for item in args.train_seeds or [] if "=" in item)
+    unknown = sorted(set(per_dataset) - set(DATASETS))
+    if unknown:
+        parser.error(f"--train-seeds: unknown dataset {', '.join(unknown)}; datasets: {', '.join(DATASETS)}")
+    try:
+        return {name: [int(v) for v in per_dataset[name].split(",")] if name in per_dataset
+                else [int(v) for v in common] or [args.seed] for name in DATASETS}
+    except ValueError as error:
+        parser.error(f"--train-seeds: {error}")
 
 
 # --------------------------------------------------------------------------- children
@@ -99,11 +121,47 @@ def data_args(args: argparse.Namespace) -> dict:
 
 
 def fmt_task(name: str, scores: dict | None) -> str:
+    """``name AUC / logloss`` or ``name RMSE value``; with several seeds the headline figure is
+    ``mean ± sd``."""
     if not scores:
         return ""
+
+    def value(metric: str) -> str:
+        sd = scores.get(f"{metric}_sd")
+        return f"{scores[metric]:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
+
     if "auc" in scores:
-        return f"{name} {scores['auc']:.4f} / {scores['logloss']:.4f}"
-    return f"{name} RMSE {scores['rmse']:.4f}"
+        return f"{name} {value('auc')} / {scores['logloss']:.4f}"
+    return f"{name} RMSE {value('rmse')}"
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per dataset x model x framework: metrics as the mean over training seeds (with
+    ``<metric>_sd`` when there are several), rows/s, epochs and train seconds as means, peak RSS as
+    the largest. A failed seed fails the row."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["dataset"], run["model"], run["framework"]), []).append(run)
+    rows = []
+    for (dataset, model, framework), group in groups.items():
+        row = {"dataset": dataset, "model": model, "framework": framework, "seeds": [r["seed"] for r in group],
+               "peak_rss_mib": max(r["peak_rss_mib"] for r in group)}
+        failed = [r for r in group if r.get("error")]
+        if failed:
+            rows.append({**row, "error": failed[0]["error"]})
+            continue
+        metrics = {}
+        for task, scores in group[0]["metrics"].items():
+            metrics[task] = {}
+            for metric in scores:
+                values = [r["metrics"][task][metric] for r in group]
+                metrics[task][metric] = statistics.fmean(values)
+                if len(values) > 1:
+                    metrics[task][f"{metric}_sd"] = statistics.stdev(values)
+        rows.append({**row, "metrics": metrics, "params": group[0]["params"],
+                     **{key: statistics.fmean(r[key] for r in group)
+                        for key in ("rows_per_s", "epochs_run", "train_seconds")}})
+    return rows
 
 
 def ratios(results: list[dict]) -> None:
@@ -127,11 +185,28 @@ def table(results: list[dict], task_names: dict[str, list[str]]) -> str:
         else:
             tasks = task_names[r["dataset"]]
             ratio = r.get("fusionrec_over_peer_rows_per_s")
-            cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", str(r["epochs_run"]),
+            cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", f"{r['epochs_run']:g}",
                      fmt_task(tasks[0], r["metrics"].get(tasks[0])), fmt_task(tasks[1], r["metrics"].get(tasks[1])),
                      f"{r['rows_per_s']:,.0f}", f"{ratio:.2f}" if ratio else "—",
                      f"{r['peak_rss_mib']:,.0f}", f"{r['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rankings(summary: list[dict], task_names: dict[str, list[str]]) -> str:
+    """Per dataset x model x task, the frameworks from best to worst (AUC down, RMSE up), so that a
+    cell a peer wins reads as such."""
+    lines = []
+    cells: dict[tuple, list[dict]] = {}
+    for row in summary:
+        if not row.get("error"):
+            cells.setdefault((row["dataset"], row["model"]), []).append(row)
+    for (dataset, model), rows in cells.items():
+        for task in task_names[dataset]:
+            metric = "auc" if "auc" in rows[0]["metrics"][task] else "rmse"
+            ranked = sorted(rows, key=lambda r: r["metrics"][task][metric], reverse=metric == "auc")
+            order = ", ".join(f"{r['framework']} {r['metrics'][task][metric]:.4f}" for r in ranked)
+            lines.append(f"{dataset} {model} {task} {metric.upper()}, best first: {order}")
     return "\n".join(lines)
 
 
@@ -157,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                         "split, preprocessing, training, predicting the test split",
             "train_rows_per_s": "training rows / training seconds, all epochs; evaluation excluded"}
     print(f"fusionrec vs peers: datasets {args.datasets}, models {args.models}, frameworks {args.frameworks}, "
-          f"epochs {args.epochs}, batch {args.batch_size}, seed {args.seed}; work dir {run_dir}", flush=True)
+          f"epochs {args.epochs}, batch {args.batch_size}, data seed {args.seed}, training seeds {args.seeds}; "
+          f"work dir {run_dir}", flush=True)
 
     prepared, task_names = {}, {}
     for name in args.datasets:
@@ -172,43 +248,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {info['split']} -> {rows}; label means (train) "
               + ", ".join(f"{t} {info['splits']['train'][t]}" for t in task_names[name]), flush=True)
 
-    jobs = [(d, m, f) for d in args.datasets for m in args.models for f in args.frameworks]
+    jobs = [(d, m, f, seed) for d in args.datasets for m in args.models for f in args.frameworks
+            for seed in args.seeds[d]]
     results = []
-    for number, (dataset, model, framework) in enumerate(jobs, 1):
+    for number, (dataset, model, framework, seed) in enumerate(jobs, 1):
         spec = {"dataset": dataset, "data_args": data_args(args), "cache": str(args.cache_dir),
                 "framework": framework, "model": model, "epochs": args.epochs, "batch_size": args.batch_size,
-                "eval_batch_size": args.eval_batch_size, "seed": args.seed, "threads": args.threads,
+                "eval_batch_size": args.eval_batch_size, "seed": seed, "threads": args.threads,
                 "rechub_embedding_dim": args.rechub_embedding_dim,
                 "deepctr_embedding_dim": args.deepctr_embedding_dim}
-        workdir = run_dir / f"{dataset}-{model}-{framework}"
+        workdir = run_dir / f"{dataset}-{model}-{framework}-seed{seed}"
         spec["workdir"] = str(workdir / "scratch")
         result, facts = run_child(args, "train", spec, workdir)
-        entry = {"dataset": dataset, "model": model, "framework": framework, **(result or {}), **facts}
+        entry = {"dataset": dataset, "model": model, "framework": framework, "seed": seed, **(result or {}), **facts}
         results.append(entry)
         if result is None:
-            print(f"[{number}/{len(jobs)}] {dataset} {model} {framework}: FAILED (log {facts['log']})\n"
+            print(f"[{number}/{len(jobs)}] {dataset} {model} {framework} seed {seed}: FAILED (log {facts['log']})\n"
                   f"{facts['error']}", flush=True)
             continue
         scores = "; ".join(fmt_task(t, result["metrics"][t]) for t in task_names[dataset])
-        print(f"[{number}/{len(jobs)}] {dataset} {model} {framework}: {result['params']:,} params, "
+        print(f"[{number}/{len(jobs)}] {dataset} {model} {framework} seed {seed}: {result['params']:,} params, "
               f"{result['epochs_run']} epochs, {result['rows_per_s']:,.0f} train rows/s "
               f"({result['train_seconds']:.1f} s), peak RSS {facts['peak_rss_mib']:,.0f} MiB, "
               f"{facts['process_wall_s']:.0f} s wall; {scores}", flush=True)
 
-    ratios(results)
+    summary = aggregate(results)
+    ratios(summary)
     meta["loadavg_end"] = loadavg()
     meta["wall_s"] = time.perf_counter() - began
     print()
-    print(table(results, task_names))
+    print(table(summary, task_names))
+    print()
+    print(rankings(summary, task_names))
     print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k = liked (AUC / logloss) / "
-          f"rating (RMSE). Test split of each dataset; metrics by the same scikit-learn code for every framework.\n"
+          f"rating (RMSE). Test split of each dataset; metrics by the same scikit-learn code for every framework; "
+          f"training seeds {', '.join(f'{d} {args.seeds[d]}' for d in args.datasets)} (mean ± sd where several).\n"
           f"train rows/s: training rows over training seconds, all epochs, evaluation excluded. peak RSS: ru_maxrss "
           f"of the framework's own process (imports, data, training, test predictions).\n"
           f"load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}; "
           f"{os.cpu_count()} cores; wall time {meta['wall_s'] / 60:.1f} min. Child logs under {run_dir}.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "datasets": prepared, "results": results}, indent=2,
+        args.json.write_text(json.dumps({"meta": meta, "datasets": prepared, "summary": summary, "runs": results}, indent=2,
                                         default=str))
         print(f"wrote {args.json}")
     return 0 if all(not r.get("error") for r in results) else 1

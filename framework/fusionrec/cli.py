@@ -31,7 +31,7 @@ class FusionrecCLI(LightningCLI):
             "trainer.max_epochs": 20,
             "trainer.callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
-                 "init_args": {"monitor": "val/loss", "mode": "min", "patience": 2, "strict": False}},
+                 "init_args": {"monitor": "val/loss", "mode": "min", "patience": 4, "strict": False}},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "init_args": {"monitor": "val/loss", "mode": "min", "save_top_k": 1, "save_last": True}},
             ],

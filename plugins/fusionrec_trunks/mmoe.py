@@ -13,7 +13,7 @@ class MultiGateMixtureOfExperts(Trunk):
     """``[B, D] -> {task: [B, expert_hidden[-1]]}``: task t reads ``sum_e g_t(x)_e * expert_e(x)``."""
 
     def __init__(self, input_dim: int, tasks: list[str], num_experts: int = 4,
-                 expert_hidden: list[int] = (256, 128), dropout: float = 0.0):
+                 expert_hidden: list[int] = (128, 64), dropout: float = 0.0):
         super().__init__(input_dim, tasks)
         if num_experts < 1:
             raise ConfigError(f"model.trunk.num_experts: expected at least 1, got {num_experts}")

@@ -37,8 +37,8 @@ class CustomizedGateControl(nn.Module):
 class ProgressiveLayeredExtraction(Trunk):
     """``[B, D] -> {task: [B, expert_hidden[-1]]}`` through ``num_levels`` CGC levels."""
 
-    def __init__(self, input_dim: int, tasks: list[str], num_levels: int = 2, shared_experts: int = 2,
-                 task_experts: int = 2, expert_hidden: list[int] = (128, 64), dropout: float = 0.0):
+    def __init__(self, input_dim: int, tasks: list[str], num_levels: int = 2, shared_experts: int = 1,
+                 task_experts: int = 1, expert_hidden: list[int] = (128, 64), dropout: float = 0.0):
         super().__init__(input_dim, tasks)
         if min(num_levels, shared_experts, task_experts) < 1:
             raise ConfigError(f"model.trunk: PLE needs num_levels, shared_experts and task_experts >= 1, got "

@@ -38,5 +38,11 @@ class FieldEncoder(nn.Module):
         self.field = field
         self.output_dim = dim
 
+    @classmethod
+    def default_dim(cls, field: FieldInfo, embedding_dim: int) -> int:
+        """The width used when the config gives the field no ``dim``: ``model.embedding_dim``,
+        unless an encoder knows a better one for its field."""
+        return embedding_dim
+
     def forward(self, values: Tensor) -> Tensor:
         raise NotImplementedError

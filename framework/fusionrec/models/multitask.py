@@ -44,7 +44,10 @@ class MultiTaskModel(nn.Module):
         for name, info in fields.items():
             options = dict(encoders.get(name, {}))
             encoder_name = options.pop("name", info.type)
-            dim = options.pop("dim", embedding_dim)
+            factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
+            dim = options.pop("dim", None)
+            if dim is None:
+                dim = factory.default_dim(info, embedding_dim)
             built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
                                                   info, dim, **options)
         fusion_options = dict(fusion)

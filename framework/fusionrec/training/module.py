@@ -124,8 +124,9 @@ class MultiTaskModule(LightningModule):
         return {"index": batch.index, **{task: head.predict(outputs[task]) for task, head in self.model.heads.items()}}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # fused: one kernel over all parameters instead of ~6 per tensor; a third of a CPU step otherwise.
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate,
-                                weight_decay=self.hparams.weight_decay)
+                                weight_decay=self.hparams.weight_decay, fused=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fusionrec"] = {"version": fusionrec.__version__, "torch": str(torch.__version__),
