@@ -188,13 +188,14 @@ def trainer(**options):
 
 
 class BareStep:
-    """One step of a bare loop: forward, balanced loss, ``zero_grad``, backward, ``Adam.step``."""
+    """One step of a bare loop: forward, balanced loss, ``zero_grad``, backward, ``Adam.step`` (fused,
+    as fusionrec's optimizer is)."""
 
     def __init__(self, model, balancer, parameters, learning_rate: float, weight_decay: float):
         import torch
 
         self.model, self.balancer, self.heads = model.train(), balancer, model.heads
-        self.optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay, fused=True)
 
     def __call__(self, features: dict, labels: dict):
         outputs = self.model(features)

@@ -29,6 +29,23 @@ def test_builtin_encoders_map_their_field_to_batch_by_dim(name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
 
 
+def test_numeric_fields_enter_as_value_and_flag_unless_given_a_dim():
+    """Behind concat a projection of (value, flag) adds no function, only trunk width; an explicit
+    ``dim`` still gets one."""
+    from fusionrec.models.multitask import MultiTaskModel
+
+    fields = {"item": FieldInfo("item", "categorical", cardinality=5), "price": FieldInfo("price", "numeric", width=2),
+              "age": FieldInfo("age", "numeric", width=2)}
+    model = MultiTaskModel.build(get_registry(), fields, {"click": {"head": "binary", "options": {}}},
+                                 {"click": {"threshold": None}}, embedding_dim=6, encoders={"age": {"dim": 4}},
+                                 fusion={"name": "concat"}, trunk={"name": "shared_bottom", "hidden": [8]})
+    assert {name: e.output_dim for name, e in model.encoders.items()} == {"item": 6, "price": 2, "age": 4}
+    assert model.fusion.output_dim == 12
+    values = torch.tensor([[0.5, 0.0], [0.0, 1.0]])
+    assert torch.equal(model.encoders["price"](values), values)
+    assert model.encoders["age"](values).shape == (2, 4)
+
+
 def test_multi_categorical_ignores_padding():
     info, _ = ENCODER_INPUTS["multi_categorical"]
     encoder = get_registry().build("encoders", "multi_categorical", "test", info, 4)

@@ -35,8 +35,9 @@ def test_every_trunk_beats_a_constant_predictor_on_every_task(trunk):
     # The generator drives click and like through a user-item affinity that ids, segments, interests,
     # tags and the item vector reveal, and watch time through the same affinity after a click;
     # a constant predictor has AUC 0.5 and the RMSE of the training mean. Knowing the true
-    # probabilities gives AUC ~0.85 and ~0.6x that RMSE; these runs reach 0.67-0.71 AUC, 0.88-0.92x.
-    metrics, datamodule, _ = fit_and_test(small_config(trunk))
+    # probabilities gives AUC ~0.85 and ~0.6x that RMSE; these runs reach 0.67-0.79 AUC, 0.88-0.93x.
+    # Six epochs: from the small default init (N(0, 0.02)) watch time needs more than three here.
+    metrics, datamodule, _ = fit_and_test(small_config(trunk, trainer={"max_epochs": 6}))
     assert metrics["test/click/auc"] > 0.62
     assert metrics["test/like/auc"] > 0.65
     assert metrics["test/watch_time/rmse"] < 0.96 * constant_rmse(datamodule, "watch_time")

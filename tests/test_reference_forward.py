@@ -4,7 +4,7 @@ against peer libraries come from training choices, never from the arithmetic.
 Layout (B = 2 rows, every weight a chosen literal, no randomness):
 
     item  : categorical, cardinality 4, dim 2  -> embedding row lookup          [B, 2]
-    price : numeric (value, missing flag), dim 2 -> Linear(2, 2)                  [B, 2]
+    price : numeric (value, missing flag), default width 2 -> as it is          [B, 2]
     concat fusion, fields in declared order (item, price)                          [B, 4]
     trunk : shared_bottom, hidden [3]     -> ReLU(W x + b)                         [B, 3]
             mmoe, 2 experts, hidden [3]   -> sum_e softmax(G_t x + g_t)_e * ReLU(W_e x + b_e)
@@ -42,7 +42,6 @@ RATING_STATE = {"mean": 1.5, "std": 2.0}
 # --- weights (Linear weights are [out, in], as in torch) ---
 
 EMBEDDING = [[0.0, 0.0], [0.1, -0.1], [0.5, -1.0], [-0.3, 0.8]]
-PRICE_W, PRICE_B = [[1.0, -0.5], [0.25, 2.0]], [0.1, -0.2]
 
 BOTTOM_W = [[1.0, 0.5, -0.5, 0.2], [-1.0, 0.3, 0.4, -0.1], [0.2, -0.6, 0.1, 0.5]]
 BOTTOM_B = [0.05, -0.1, 0.0]
@@ -54,14 +53,13 @@ GATE_W = {"click": [[0.5, -0.5, 0.2, 0.1], [-0.3, 0.4, 0.0, 0.6]],
           "rating": [[-0.2, 0.1, 0.7, -0.4], [0.3, 0.3, -0.5, 0.2]]}
 GATE_B = {"click": [0.0, 0.2], "rating": [0.1, -0.1]}
 
-CLICK_TOWER_W, CLICK_TOWER_B = [[0.5, -0.4, 0.3], [-0.2, 0.6, 0.1]], [0.0, -0.055]
+CLICK_TOWER_W, CLICK_TOWER_B = [[0.5, -0.4, 0.3], [-0.2, 0.6, 0.1]], [0.0, -0.1]
 CLICK_OUT_W, CLICK_OUT_B = [[0.7, -1.2]], [0.05]
 RATING_OUT_W, RATING_OUT_B = [[0.3, -0.2, 0.9]], [0.4]
 
-# The fused rows, worked out on paper: [embedding[id] | PRICE_W @ price + PRICE_B].
-#   row 0: [0.5, -1.0 | 1.0*0.5 - 0.5*0 + 0.1, 0.25*0.5 + 2.0*0 - 0.2] = [0.5, -1.0, 0.6, -0.075]
-#   row 1: [-0.3, 0.8 | 1.0*0 - 0.5*1 + 0.1,  0.25*0 + 2.0*1 - 0.2]   = [-0.3, 0.8, -0.4, 1.8]
-FUSED_BY_PAPER = [[0.5, -1.0, 0.6, -0.075], [-0.3, 0.8, -0.4, 1.8]]
+# The fused rows, worked out on paper: [embedding[id] | price value, missing flag].
+#   row 0: [0.5, -1.0 | 0.5, 0.0];  row 1: [-0.3, 0.8 | 0.0, 1.0]
+FUSED_BY_PAPER = [[0.5, -1.0, 0.5, 0.0], [-0.3, 0.8, 0.0, 1.0]]
 
 
 # --- the reference, in plain Python ---
@@ -81,7 +79,7 @@ def softmax(v):
 
 
 def reference_fused(row):
-    return EMBEDDING[ITEM_IDS[row]] + affine(PRICE_W, PRICE_B, PRICE[row])  # list concat: item, then price
+    return EMBEDDING[ITEM_IDS[row]] + PRICE[row]  # list concat: item, then price
 
 
 def reference_trunk(trunk, x):
@@ -139,7 +137,6 @@ def build_model(trunk: str) -> MultiTaskModel:
 
     with torch.no_grad():
         put(model.encoders["item"].embedding.weight, EMBEDDING)
-        put_linear(model.encoders["price"].projection, PRICE_W, PRICE_B)
         if trunk == "shared_bottom":
             put_linear(model.trunk.bottom[0], BOTTOM_W, BOTTOM_B)
         else:
