@@ -36,3 +36,21 @@ def write_config(directory: Path, config: dict, name: str = "config.yaml") -> Pa
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def save_tiny_bert(directory: Path, words: list[str]) -> Path:
+    """A 2-layer, 32-wide BERT and its WordPiece tokenizer over ``words``, written with save_pretrained,
+    so the real AutoModel/AutoTokenizer.from_pretrained path reads them back offline."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers.models.bert.tokenization_bert import load_vocab
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab=load_vocab(str(vocab_file))).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(directory)
+    return directory

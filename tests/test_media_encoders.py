@@ -14,9 +14,8 @@ import soundfile
 import torch
 import torchaudio
 from PIL import Image
-from transformers import BertConfig, BertModel, BertTokenizerFast
-from transformers.models.bert.tokenization_bert import load_vocab
 
+from conftest import save_tiny_bert
 from fusionrec.components import FieldInfo
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.plugins import get_registry
@@ -58,15 +57,7 @@ def tiny_wav2vec2() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("bert")
-    vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab=load_vocab(str(vocab_file))).save_pretrained(directory)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(directory)
-    return directory
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"), WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +152,8 @@ def test_finetune_top_counts_feature_children_and_trains_what_follows_them(build
 
 
 def test_bad_mode_options_name_the_config_key(build):
-    with pytest.raises(ConfigError, match=r"model\.encoders\.item_image\.mode: expected 'frozen' or 'finetune', got 'x'"):
+    expected = r"model\.encoders\.item_image\.mode: expected 'frozen' or 'finetune', got 'x'"
+    with pytest.raises(ConfigError, match=expected):
         build("image", mode="x")
     with pytest.raises(ConfigError, match=r"item_image\.finetune_top: 9 is more than the 4 blocks"):
         build("image", mode="finetune", finetune_top=9)
@@ -196,19 +188,21 @@ def test_missing_unreadable_and_empty_items_are_reported_not_raised(build, files
         "text": (["good film", "", None], {"": "empty text", None: "no text"}),
         "image": ([files["image"][0], missing, str(garbage_png)],
                   {missing: "file not found", str(garbage_png): "cannot decode image"}),
-        "audio_cnn": ([files["audio"][0], str(garbage_wav), ""], {str(garbage_wav): "cannot decode audio", "": "no path"}),
+        "audio_cnn": ([files["audio"][0], str(garbage_wav), ""],
+                      {str(garbage_wav): "cannot decode audio", "": "no path"}),
     }
     for name, (contents, reasons) in cases.items():
         encoder = build(name)
         prepared = encoder.prepare(contents)
         assert prepared["present"].tolist() == [True, False, False]
-        assert [content for content, _ in prepared["problems"]] == contents[1:]
+        # None is no content (a missing modality), not a problem; everything else unreadable is one.
+        assert [content for content, _ in prepared["problems"]] == [c for c in contents[1:] if c is not None]
         for content, reason in prepared["problems"]:
             assert reason.startswith(reasons[content])
         assert encoder.encode(prepared)[1:].abs().max() == 0  # placeholders give no features
         assert encoder(prepared).shape == (3, DIM)
         strict = build(name, strict=True)
-        bad = contents[1] if contents[1] else contents[2]
+        bad = next(c for c in contents[1:] if c is not None)
         with pytest.raises(DataError, match=f"item_{name}.*{reasons[bad]}"):
             strict.prepare([contents[0], bad])
     with pytest.raises(DataError, match="missing.png': file not found"):
@@ -238,5 +232,5 @@ def test_pretrained_audio_names_the_bundle_when_weights_cannot_be_loaded(monkeyp
     with pytest.raises(ConfigError, match=r"sound\.bundle: the weights of torchaudio bundle 'WAV2VEC2_BASE' "
                                           r"could not be loaded \(URLError: .*cannot reach https://"):
         ENCODERS["audio_pretrained"](field, DIM, bundle="WAV2VEC2_BASE")
-    with pytest.raises(ConfigError, match=r"'NOPE' is not a torchaudio wav2vec2-style bundle; available: .*HUBERT_BASE"):
+    with pytest.raises(ConfigError, match=r"'NOPE' is not a torchaudio wav2vec2-style bundle; available: .*HUBERT"):
         ENCODERS["audio_pretrained"](field, DIM, bundle="NOPE")

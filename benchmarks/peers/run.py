@@ -185,7 +185,7 @@ def table(results: list[dict], task_names: dict[str, list[str]]) -> str:
         else:
             tasks = task_names[r["dataset"]]
             ratio = r.get("fusionrec_over_peer_rows_per_s")
-            cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", f"{r['epochs_run']:g}",
+            cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", f"{r['epochs_run']:.3g}",
                      fmt_task(tasks[0], r["metrics"].get(tasks[0])), fmt_task(tasks[1], r["metrics"].get(tasks[1])),
                      f"{r['rows_per_s']:,.0f}", f"{ratio:.2f}" if ratio else "—",
                      f"{r['peak_rss_mib']:,.0f}", f"{r['train_seconds']:.1f}"]

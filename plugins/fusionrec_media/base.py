@@ -101,6 +101,9 @@ class MediaEncoder(FieldEncoder):
         problem, or a DataError naming it when the encoder is strict."""
         items, problems = [], []
         for content in contents:
+            if content is None:  # no content at all: a missing modality, never an error
+                items.append(None)
+                continue
             try:
                 items.append(read(content))
             except MediaProblem as problem:

@@ -9,13 +9,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fusionrec.data.media import MediaBatch, MediaColumn
+
 
 @dataclass
 class Batch:
-    """``features[field]``: ``[B, ...]`` per field; ``labels[task]``: ``[B, ...]``; ``index``: ``[B]``
-    row numbers in the split. Lightning moves dataclasses to the device field by field."""
+    """``features[field]``: ``[B, ...]`` per field (a :class:`MediaBatch` for media fields);
+    ``labels[task]``: ``[B, ...]``; ``index``: ``[B]`` row numbers in the split."""
 
-    features: dict[str, Tensor]
+    features: dict[str, Tensor | MediaBatch]
     labels: dict[str, Tensor]
     index: Tensor
 
@@ -30,10 +32,12 @@ class Batch:
 class TensorTable(Dataset):
     """A whole split as tensors. Indexed by the row numbers of a batch (a ``LongTensor`` from
     :class:`BatchIndices`, or a list), it returns one ``Batch``: one ``index_select`` per column,
-    no per-row Python."""
+    no per-row Python; media columns add their batch's distinct items (see :mod:`fusionrec.data.media`)."""
 
-    def __init__(self, features: dict[str, Tensor], labels: dict[str, Tensor], num_rows: int):
+    def __init__(self, features: dict[str, Tensor], labels: dict[str, Tensor], num_rows: int,
+                 media: dict[str, MediaColumn] | None = None):
         self.features, self.labels, self.num_rows = features, labels, num_rows
+        self.media = media or {}
 
     def __len__(self) -> int:
         return self.num_rows
@@ -42,8 +46,9 @@ class TensorTable(Dataset):
         index = torch.as_tensor(rows, dtype=torch.long)
         # index_select, not v[index]: advanced indexing is several times slower on CPU for the
         # same gather, and far slower again when other processes compete for the cores.
-        return Batch({k: v.index_select(0, index) for k, v in self.features.items()},
-                     {k: v.index_select(0, index) for k, v in self.labels.items()}, index)
+        features: dict[str, Tensor | MediaBatch] = {k: v.index_select(0, index) for k, v in self.features.items()}
+        features.update({k: column.batch(index) for k, column in self.media.items()})
+        return Batch(features, {k: v.index_select(0, index) for k, v in self.labels.items()}, index)
 
 
 class BatchIndices(Sampler[Tensor]):

@@ -14,6 +14,7 @@ import torch
 
 from fusionrec.components.encoder import FieldInfo
 from fusionrec.data.batches import TensorTable
+from fusionrec.data.media import MEDIA_TYPES, media_column
 from fusionrec.data.schema import FeatureSpec, TaskSpec
 from fusionrec.errors import DataError, describe_value
 from fusionrec.plugins import Registry
@@ -101,6 +102,8 @@ class Preprocessor:
                 entry.update(mean=float(finite.mean()), std=std if std > 0 else 1.0)
             elif spec.type == "vector":
                 entry["width"] = int(np.shape(_first_present(values, where))[0])
+            elif spec.type in MEDIA_TYPES:
+                entry.update(spec.options)  # nothing to fit: every item's content is read as it comes
             fitted[name] = entry
         labels = {}
         for name, task in tasks.items():
@@ -119,20 +122,24 @@ class Preprocessor:
                                         width=entry.get("max_length", 1))
             elif entry["type"] == "vector":
                 infos[name] = FieldInfo(name, "vector", width=entry["width"])
+            elif entry["type"] in MEDIA_TYPES:
+                infos[name] = FieldInfo(name, entry["type"], extra={"strict": entry.get("strict", False)})
             else:
                 infos[name] = FieldInfo(name, entry["type"], width=2)
         return infos
 
     def transform(self, frame: pd.DataFrame, registry: Registry, with_labels: bool = True) -> TensorTable:
         features = {name: self._transform_feature(frame[name], entry, _where(frame, name))
-                    for name, entry in self.state["features"].items()}
+                    for name, entry in self.state["features"].items() if entry["type"] not in MEDIA_TYPES}
+        media = {name: media_column(frame[name], entry["type"], entry.get("root"))
+                 for name, entry in self.state["features"].items() if entry["type"] in MEDIA_TYPES}
         labels = {}
         if with_labels:
             for name, task in self.state["tasks"].items():
                 head = registry.get("heads", task["head"], f"model.tasks.{name}.head").factory
                 labels[name] = head.encode_labels(frame[task["label"]], task["labels"],
                                                   _where(frame, task["label"]) + f" (task '{name}')")
-        return TensorTable(features, labels, len(frame))
+        return TensorTable(features, labels, len(frame), media)
 
     @staticmethod
     def _transform_feature(values: pd.Series, entry: dict[str, Any], where: str) -> torch.Tensor:

@@ -14,6 +14,11 @@ FEATURE_TYPES: dict[str, dict[str, Any]] = {
     "numeric": {"na_values": []},  # na_values: strings that mean "missing", e.g. ["unknown", "-"]
     "multi_categorical": {"separator": "|", "max_length": 16, "min_count": 1, "max_size": None},
     "vector": {},
+    # Content read by an encoder plugin; ``root``: directory for relative file paths; ``strict``: an
+    # unreadable file stops training instead of counting as missing.
+    "text": {"strict": False},
+    "image": {"root": None, "strict": False},
+    "audio": {"root": None, "strict": False},
 }
 
 

@@ -21,6 +21,7 @@ and optionally a corrupt file (garbage bytes), so readers exercise their missing
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -116,7 +117,9 @@ def write_item_audio(item_vec: np.ndarray, directory: str | Path, rng: np.random
         else:
             envelope = 0.5 * (1 + np.sin(2 * np.pi * pulse[item] * time + phases[item, 0]))
             wave = 0.5 * envelope * np.sin(2 * np.pi * pitch[item] * time + phases[item, 1]) + rng.normal(0, 0.05, len(time))
-            soundfile.write(directory / path, np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+            encoded = io.BytesIO()  # writing to a path fsyncs every file: three times slower than the rest together
+            soundfile.write(encoded, np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+            (directory / path).write_bytes(encoded.getvalue())
         paths.append(path)
     return paths
 

@@ -7,8 +7,17 @@ from typing import Any
 from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
+from fusionrec.data.media import MEDIA_TYPES
+from fusionrec.models.content import ContentField
 from fusionrec.errors import ConfigError
 from fusionrec.plugins import Registry
+
+
+
+def default_encoder(feature_type: str) -> str:
+    """The encoder a field gets when the config names none: the feature type's own name, except
+    audio, whose default is the trainable log-mel CNN."""
+    return {"audio": "audio_cnn"}.get(feature_type, feature_type)
 
 
 class MultiTaskModel(nn.Module):
@@ -18,7 +27,8 @@ class MultiTaskModel(nn.Module):
     ``[B]`` (binary, regression) or ``[B, C]`` (multiclass, multilabel).
     """
 
-    def __init__(self, encoders: dict[str, FieldEncoder], fusion: Fusion, trunk: Trunk, heads: dict[str, TaskHead]):
+    def __init__(self, encoders: dict[str, FieldEncoder | ContentField], fusion: Fusion, trunk: Trunk,
+                 heads: dict[str, TaskHead]):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
@@ -43,13 +53,17 @@ class MultiTaskModel(nn.Module):
         built_encoders = {}
         for name, info in fields.items():
             options = dict(encoders.get(name, {}))
-            encoder_name = options.pop("name", info.type)
+            encoder_name = options.pop("name", default_encoder(info.type))
             factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
             dim = options.pop("dim", None)
             if dim is None:
                 dim = factory.default_dim(info, embedding_dim)
+            if info.type in MEDIA_TYPES:
+                options.setdefault("strict", info.extra.get("strict", False))
             built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
                                                   info, dim, **options)
+            if info.type in MEDIA_TYPES:
+                built_encoders[name] = ContentField(built_encoders[name])
         fusion_options = dict(fusion)
         built_fusion = registry.build("fusions", fusion_options.pop("name"), "model.fusion",
                                       {name: encoder.output_dim for name, encoder in built_encoders.items()},

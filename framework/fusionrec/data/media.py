@@ -1,0 +1,91 @@
+"""Media fields (text, image and audio files): each row names an item's content, and a batch carries
+every distinct item once.
+
+A split's media column is a code per row into the list of its distinct contents (-1: none). A batch
+gathers the codes of its rows, keeps the distinct ones and either runs the encoder's ``prepare``
+(decoding, tokenising, transforms -- in the DataLoader worker that builds the batch, never in the
+training step) or, for a frozen encoder, looks up the features computed once per item
+(:mod:`fusionrec.data.feature_cache`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+MEDIA_TYPES = ("text", "image", "audio")
+
+
+@dataclass
+class MediaBatch:
+    """The distinct items of a batch: ``inputs`` (``prepare``'s tensors, or ``{"features": [U, width]}``
+    from the cache), ``present`` ``Bool[U]``, ``inverse`` ``Long[B]`` (row -> item) and ``problems``
+    ``[(content, split row, reason)]`` for items that could not be read."""
+
+    inputs: dict[str, Tensor]
+    present: Tensor
+    inverse: Tensor
+    problems: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "MediaBatch":
+        return MediaBatch({k: v.to(device) for k, v in self.inputs.items()}, self.present.to(device),
+                          self.inverse.to(device), self.problems)
+
+    def missing_rows(self) -> Tensor:
+        """How many of the batch's rows have no usable content."""
+        return (~self.present).index_select(0, self.inverse).sum()
+
+
+@dataclass
+class MediaColumn:
+    """One split's media field. ``prepare`` (the encoder's) or ``features`` + ``feature_present``
+    (cached, frozen encoders) are attached by the model before the loaders run."""
+
+    codes: Tensor
+    contents: list[str]
+    prepare: Callable[[list], dict[str, Any]] | None = None
+    features: Tensor | None = None
+    feature_present: Tensor | None = None
+
+    def batch(self, index: Tensor) -> MediaBatch:
+        codes = self.codes.index_select(0, index)
+        unique, inverse = torch.unique(codes, return_inverse=True)
+        known = unique >= 0
+        if self.features is not None:
+            rows = unique.clamp(min=0)
+            present = known & self.feature_present.index_select(0, rows)
+            return MediaBatch({"features": self.features.index_select(0, rows)}, present, inverse)
+        if self.prepare is None:
+            raise RuntimeError("media column used before the model attached its encoder")
+        items = [self.contents[code] if code >= 0 else None for code in unique.tolist()]
+        prepared = dict(self.prepare(items))
+        reasons = dict(prepared.pop("problems", []))
+        present = known & prepared["present"]
+        problems = []
+        for position, item in enumerate(items):
+            if item is not None and item in reasons:  # no content at all is missing, not a problem
+                row = int(index[(inverse == position).nonzero()[0, 0]])
+                problems.append((item, row, reasons[item]))
+        return MediaBatch(prepared, present, inverse, problems)
+
+
+def media_column(values: pd.Series, kind: str, root: str | None) -> MediaColumn:
+    """Texts as they are (empty -> none); file paths resolved against ``root`` when relative."""
+    def content(value: Any) -> str | None:
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        text = str(value).strip()
+        if not text:
+            return None
+        if kind != "text" and root is not None and not Path(text).is_absolute():
+            return str(Path(root) / text)
+        return text
+
+    codes, uniques = pd.factorize(values.map(content), use_na_sentinel=True)
+    return MediaColumn(torch.from_numpy(codes.astype("int64")), [str(u) for u in uniques])
