@@ -15,5 +15,6 @@ class ConcatFusion(Fusion):
         super().__init__(input_dims)
         self.output_dim = sum(input_dims.values())
 
-    def forward(self, encoded: dict[str, Tensor]) -> Tensor:
+    def forward(self, encoded: dict[str, Tensor], present: dict[str, Tensor] | None = None) -> Tensor:
+        # The missing vector of an absent item already stands in its place: no mask needed.
         return torch.cat([encoded[name] for name in self.input_dims], dim=1)

@@ -37,9 +37,13 @@ class MediaBatch:
         return MediaBatch({k: v.to(device) for k, v in self.inputs.items()}, self.present.to(device),
                           self.inverse.to(device), self.problems)
 
+    def present_rows(self) -> Tensor:
+        """``Bool[B]``: whether each row's item has usable content."""
+        return self.present.index_select(0, self.inverse)
+
     def missing_rows(self) -> Tensor:
         """How many of the batch's rows have no usable content."""
-        return (~self.present).index_select(0, self.inverse).sum()
+        return (~self.present_rows()).sum()
 
 
 @dataclass

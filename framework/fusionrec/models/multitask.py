@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
-from fusionrec.data.media import MEDIA_TYPES
+from fusionrec.data.media import MEDIA_TYPES, MediaBatch
 from fusionrec.models.content import ContentField
 from fusionrec.errors import ConfigError
 from fusionrec.plugins import Registry
@@ -37,7 +37,8 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items()}  # {F: [B, D_f]}
-        fused = self.fusion(encoded)  # [B, D]
+        present = {name: batch.present_rows() for name, batch in features.items() if isinstance(batch, MediaBatch)}
+        fused = self.fusion(encoded, present)  # [B, D]
         shared = self.trunk(fused)  # {T: [B, D_t]}
         return {task: head(shared[task]) for task, head in self.heads.items()}
 
