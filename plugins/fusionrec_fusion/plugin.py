@@ -1,7 +1,9 @@
 from fusionrec import hookimpl
+from fusionrec_fusion.attention import AttentionFusion
 from fusionrec_fusion.concat import ConcatFusion
+from fusionrec_fusion.gated import GatedFusion
 
 
 @hookimpl
 def fusionrec_register_fusions():
-    return {"concat": ConcatFusion}
+    return {"concat": ConcatFusion, "attention": AttentionFusion, "gated": GatedFusion}
