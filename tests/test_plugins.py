@@ -14,8 +14,9 @@ from fusionrec.errors import ConfigError, PluginError
 from fusionrec.plugins import SLOTS, Registry, create_plugin_manager, get_registry, load_plugins
 
 BUILTINS = {
-    "encoders": {"categorical", "multi_categorical", "numeric", "vector"},
-    "fusions": {"concat"},
+    "encoders": {"categorical", "multi_categorical", "numeric", "vector", "text", "image", "audio_cnn",
+                 "audio_pretrained"},
+    "fusions": {"concat", "attention", "gated"},
     "trunks": {"shared_bottom", "mmoe", "ple"},
     "heads": {"binary", "regression", "multiclass", "multilabel"},
     "balancers": {"fixed"},
