@@ -83,3 +83,22 @@ def test_movielens_config_parses_and_trains_a_few_batches(isolated):
     metrics = (run / "metrics.csv").read_text()
     for key in ("val/rating/rmse", "val/liked/auc", "val/genres/micro_f1"):
         assert key in metrics
+
+
+def test_quickstart_config_trains_with_text_image_and_audio(isolated):
+    """configs/quickstart.yaml as shipped (MiniLM titles from the `text` extra, images, sounds) on a
+    smaller generated log: every media field is read, encoded once per item and cached."""
+    runs = isolated / "runs"
+    assert main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                 "--data.generate", "{rows: 6000, users: 300, items: 150, seed: 0, media: true}",
+                 "--trainer.default_root_dir", str(runs), "--trainer.max_epochs", "1",
+                 "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]) == 0
+    run = runs / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert {saved["data"]["features"][f]["type"] for f in ("item_title", "item_image", "item_audio")} == {
+        "text", "image", "audio"}
+    assert saved["model"]["encoders"]["item_title"]["model"].endswith("model")  # ${package_path:...} resolved
+    assert len(list((isolated / "cache" / "features").glob("*.pt"))) == 3  # one feature file per frozen encoder
+    metrics = (run / "metrics.csv").read_text()
+    assert "val/item_title/missing_rows" in metrics and "test/click/auc" in metrics

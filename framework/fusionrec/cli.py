@@ -35,7 +35,7 @@ def package_path(package: str, *parts: str) -> str:
                           f"(pip install {package.replace('_', '-')})") from None
 
 
-OmegaConf.register_new_resolver("package_path", package_path, replace=True)
+OmegaConf.register_resolver("package_path", package_path, replace=True)  # omegaconf >= 2.4
 
 
 class FusionrecCLI(LightningCLI):

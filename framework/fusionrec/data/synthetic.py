@@ -42,11 +42,18 @@ def _sign_tags(vectors: np.ndarray, prefix: str) -> np.ndarray:
     return np.array(["|".join(row) for row in chosen])
 
 
-def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0) -> pd.DataFrame:
+LATENT = 4
+
+
+def _latents(users: int, items: int, seed: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """The generator's random stream and the hidden user and item vectors drawn first from it."""
     rng = np.random.default_rng(seed)
-    latent = 4
-    user_vec = rng.normal(0, 1, (users, latent))
-    item_vec = rng.normal(0, 1, (items, latent))
+    return rng, rng.normal(0, 1, (users, LATENT)), rng.normal(0, 1, (items, LATENT))
+
+
+def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0) -> pd.DataFrame:
+    rng, user_vec, item_vec = _latents(users, items, seed)
+    latent = LATENT
     user_age = np.clip(rng.normal(35, 12, users), 16, 80)
     user_segment = np.argmax(user_vec[:, :2] @ rng.normal(0, 1, (2, 6)), axis=1)
     item_category = np.argmax(item_vec @ rng.normal(0, 1, (latent, 20)), axis=1)
@@ -99,8 +106,25 @@ def write_once(path: Path, make: Callable[[], pd.DataFrame]) -> Path:
 
 
 def quickstart_log(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
-                   directory: str | Path | None = None) -> Path:
-    """Path of the generated quickstart log, written on first use."""
+                   directory: str | Path | None = None, media: bool = False) -> Path:
+    """Path of the generated quickstart log, written on first use. With ``media``, every item also
+    gets a title, a PNG and a WAV (:mod:`fusionrec.data.synthetic_media`, next to the log) and the
+    log the columns ``item_title``, ``item_image`` and ``item_audio`` (absolute paths)."""
     params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
-    return write_once(cache_path("synthetic-impressions", params, directory),
-                      lambda: generate_impressions(rows, users, items, seed))
+    if media:
+        params["media"] = True
+    path = cache_path("synthetic-impressions", params, directory)
+
+    def make() -> pd.DataFrame:
+        frame = generate_impressions(rows, users, items, seed)
+        if media:
+            from fusionrec.data.synthetic_media import write_item_media
+
+            media_dir = path.with_suffix("")  # a folder beside the log, named like it
+            table = write_item_media(_latents(users, items, seed)[2], media_dir, seed)
+            for column in ("item_image", "item_audio"):
+                table[column] = [str(media_dir / p) if isinstance(p, str) else None for p in table[column]]
+            frame = frame.merge(table, on="item_id", how="left")
+        return frame
+
+    return write_once(path, make)

@@ -57,6 +57,7 @@ class MultiTaskModule(LightningModule):
                                             **balancer_options)
         self.model: MultiTaskModel | None = None
         self._reported_problems: set[tuple[str, str]] = set()
+        self._missing_rows: dict[tuple[str, str], Tensor] = {}
         if preprocessing is not None:
             self._build(preprocessing)
 
@@ -105,19 +106,26 @@ class MultiTaskModule(LightningModule):
                     column.features, column.feature_present = cache.features(encoder, column.contents,
                                                                              encoder.field.type)
 
-    def _log_content(self, batch: Batch, stage: str) -> None:
-        """Per media field: the epoch's count of rows without usable content, and one warning per
-        unreadable item naming its path and a row that shows it."""
+    def _count_content(self, batch: Batch, stage: str) -> None:
+        """Per media field: add up the rows without usable content (logged at the epoch's end: a
+        log call per step would cost more than the count), and warn once per unreadable item,
+        naming its path and a row that shows it."""
         for name, feature in batch.features.items():
             if not isinstance(feature, MediaBatch):
                 continue
-            self.log(f"{stage}/{name}/missing_rows", feature.missing_rows().float(), reduce_fx="sum",
-                     on_step=False, on_epoch=True, batch_size=len(batch))
+            key = (stage, name)
+            self._missing_rows[key] = self._missing_rows.get(key, 0) + feature.missing_rows()
             for content, row, reason in feature.problems:
                 if (name, content) not in self._reported_problems:
                     self._reported_problems.add((name, content))
                     rank_zero_warn(f"data.features.{name}: {content} (row {row} of the {stage} split): {reason}; "
                                    f"counted as missing (set data.features.{name}.strict: true to stop instead)")
+
+    def _log_missing_rows(self, stage: str) -> None:
+        for (counted_stage, name), count in list(self._missing_rows.items()):
+            if counted_stage == stage:
+                self.log(f"{stage}/{name}/missing_rows", self._missing_rows.pop((stage, name)).float(),
+                         reduce_fx="sum", sync_dist=True)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.model(features)
@@ -126,7 +134,7 @@ class MultiTaskModule(LightningModule):
         return {task: head.loss(outputs[task], batch.labels[task]) for task, head in self.model.heads.items()}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self._log_content(batch, "train")
+        self._count_content(batch, "train")
         losses = self._losses(self(batch.features), batch)
         total = self.balancer(losses)
         self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
@@ -137,7 +145,7 @@ class MultiTaskModule(LightningModule):
         return total
 
     def _evaluation_step(self, batch: Batch, stage: str) -> None:
-        self._log_content(batch, stage)
+        self._count_content(batch, stage)
         outputs = self(batch.features)
         losses = self._losses(outputs, batch)
         self.log(f"{stage}/loss", self.balancer(losses), batch_size=len(batch), prog_bar=stage == "val")
@@ -157,11 +165,16 @@ class MultiTaskModule(LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
 
+    def on_train_epoch_end(self) -> None:
+        self._log_missing_rows("train")
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._log_missing_rows("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        self._log_missing_rows("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         outputs = self(batch.features)
