@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,22 +77,15 @@ def write_item_images(item_vec: np.ndarray, directory: str | Path, rng: np.rando
     phase = rng.uniform(0, 2 * np.pi, len(item_vec))
     rows = np.arange(size) / size
     missing, corrupt = _missing_and_corrupt(len(item_vec), missing_fraction, corrupt_fraction, rng)
-    directory = Path(directory)
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    paths: list[str | None] = []
-    for item in range(len(item_vec)):
-        if item in missing:
-            paths.append(None)
-            continue
-        path = f"images/item_{item:05d}.png"
-        if item in corrupt:
-            (directory / path).write_bytes(rng.bytes(256))
-        else:
-            stripes = 0.75 + 0.25 * np.sin(2 * np.pi * cycles[item] * rows + phase[item])  # [size]
-            pixels = colour[item] * stripes[:, None, None] + rng.normal(0, 0.04, (size, size, 3))
-            Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)).save(directory / path)
-        paths.append(path)
-    return paths
+
+    def image(item: int) -> bytes:
+        stripes = 0.75 + 0.25 * np.sin(2 * np.pi * cycles[item] * rows + phase[item])  # [size]
+        pixels = colour[item] * stripes[:, None, None] + rng.normal(0, 0.04, (size, size, 3))
+        encoded = io.BytesIO()
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)).save(encoded, format="PNG")
+        return encoded.getvalue()
+
+    return _write_files(Path(directory), "images", "png", len(item_vec), missing, corrupt, rng, image)
 
 
 def write_item_audio(item_vec: np.ndarray, directory: str | Path, rng: np.random.Generator, *,
@@ -104,22 +98,30 @@ def write_item_audio(item_vec: np.ndarray, directory: str | Path, rng: np.random
     phases = rng.uniform(0, 2 * np.pi, (len(item_vec), 2))
     time = np.arange(round(sample_rate * duration)) / sample_rate
     missing, corrupt = _missing_and_corrupt(len(item_vec), missing_fraction, corrupt_fraction, rng)
-    directory = Path(directory)
-    (directory / "audio").mkdir(parents=True, exist_ok=True)
+
+    def sound(item: int) -> bytes:
+        envelope = 0.5 * (1 + np.sin(2 * np.pi * pulse[item] * time + phases[item, 0]))
+        wave = 0.5 * envelope * np.sin(2 * np.pi * pitch[item] * time + phases[item, 1]) + rng.normal(0, 0.05, len(time))
+        encoded = io.BytesIO()  # writing to a path fsyncs every file: three times slower than the rest together
+        soundfile.write(encoded, np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+        return encoded.getvalue()
+
+    return _write_files(Path(directory), "audio", "wav", len(item_vec), missing, corrupt, rng, sound)
+
+
+def _write_files(directory: Path, folder: str, suffix: str, count: int, missing: set[int], corrupt: set[int],
+                 rng: np.random.Generator, make: Callable[[int], bytes]) -> list[str | None]:
+    """``folder/item_NNNNN.suffix`` per item, relative to ``directory``: None for a missing item,
+    256 random bytes for a corrupt one, else ``make(item)``; items in order, so the stream of
+    ``rng`` (and every byte) depends on the seed alone."""
+    (directory / folder).mkdir(parents=True, exist_ok=True)
     paths: list[str | None] = []
-    for item in range(len(item_vec)):
+    for item in range(count):
         if item in missing:
             paths.append(None)
             continue
-        path = f"audio/item_{item:05d}.wav"
-        if item in corrupt:
-            (directory / path).write_bytes(rng.bytes(256))
-        else:
-            envelope = 0.5 * (1 + np.sin(2 * np.pi * pulse[item] * time + phases[item, 0]))
-            wave = 0.5 * envelope * np.sin(2 * np.pi * pitch[item] * time + phases[item, 1]) + rng.normal(0, 0.05, len(time))
-            encoded = io.BytesIO()  # writing to a path fsyncs every file: three times slower than the rest together
-            soundfile.write(encoded, np.clip(wave, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
-            (directory / path).write_bytes(encoded.getvalue())
+        path = f"{folder}/item_{item:05d}.{suffix}"
+        (directory / path).write_bytes(rng.bytes(256) if item in corrupt else make(item))
         paths.append(path)
     return paths
 

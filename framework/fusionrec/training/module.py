@@ -107,9 +107,8 @@ class MultiTaskModule(LightningModule):
                                                                              encoder.field.type)
 
     def _count_content(self, batch: Batch, stage: str) -> None:
-        """Per media field: add up the rows without usable content (logged at the epoch's end: a
-        log call per step would cost more than the count), and warn once per unreadable item,
-        naming its path and a row that shows it."""
+        """Per media field: add up the rows without usable content (logged once per epoch), and
+        warn once per unreadable item, naming its path and a row that shows it."""
         for name, feature in batch.features.items():
             if not isinstance(feature, MediaBatch):
                 continue
@@ -122,10 +121,9 @@ class MultiTaskModule(LightningModule):
                                    f"counted as missing (set data.features.{name}.strict: true to stop instead)")
 
     def _log_missing_rows(self, stage: str) -> None:
-        for (counted_stage, name), count in list(self._missing_rows.items()):
-            if counted_stage == stage:
-                self.log(f"{stage}/{name}/missing_rows", self._missing_rows.pop((stage, name)).float(),
-                         reduce_fx="sum", sync_dist=True)
+        for key in [key for key in self._missing_rows if key[0] == stage]:
+            self.log(f"{stage}/{key[1]}/missing_rows", self._missing_rows.pop(key).float(), reduce_fx="sum",
+                     sync_dist=True)
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.model(features)
