@@ -8,10 +8,9 @@ from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
 from fusionrec.data.media import MEDIA_TYPES, MediaBatch
-from fusionrec.models.content import ContentField
 from fusionrec.errors import ConfigError
+from fusionrec.models.content import ContentField
 from fusionrec.plugins import Registry
-
 
 
 def default_encoder(feature_type: str) -> str:
@@ -23,8 +22,9 @@ def default_encoder(feature_type: str) -> str:
 class MultiTaskModel(nn.Module):
     """One shared representation, one head per task.
 
-    ``forward(features)`` takes ``{field: [B, ...]}`` and returns ``{task: output}``, each output
-    ``[B]`` (binary, regression) or ``[B, C]`` (multiclass, multilabel).
+    ``forward(features)`` takes ``{field: [B, ...]}`` (a :class:`MediaBatch` for text, image and
+    audio fields) and returns ``{task: output}``, each output ``[B]`` (binary, regression) or
+    ``[B, C]`` (multiclass, multilabel).
     """
 
     def __init__(self, encoders: dict[str, FieldEncoder | ContentField], fusion: Fusion, trunk: Trunk,
@@ -35,7 +35,7 @@ class MultiTaskModel(nn.Module):
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, features: dict[str, Tensor | MediaBatch]) -> dict[str, Tensor]:
         encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items()}  # {F: [B, D_f]}
         present = {name: batch.present_rows() for name, batch in features.items() if isinstance(batch, MediaBatch)}
         fused = self.fusion(encoded, present)  # [B, D]
