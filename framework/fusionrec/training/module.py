@@ -128,6 +128,13 @@ class MultiTaskModule(LightningModule):
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.model(features)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Batch.to moves every tensor in one pass, without Lightning's generic walk through the
+        # dataclass (0.3-0.9 ms a step in a profile of a small PLE on CPU).
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
         return {task: head.loss(outputs[task], batch.labels[task]) for task, head in self.model.heads.items()}
 
