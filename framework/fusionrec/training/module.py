@@ -97,14 +97,18 @@ class MultiTaskModule(LightningModule):
             return
         cache = FeatureCache(cache_dir() / "features")
         for name, content in fields.items():
-            encoder = content.encoder
-            for table in tables.values():
-                column = table.media[name]
-                if encoder.trainable_backbone:
+            encoder, columns = content.encoder, [table.media[name] for table in tables.values()]
+            if encoder.trainable_backbone:
+                for column in columns:
                     column.prepare = encoder.prepare
-                else:
-                    column.features, column.feature_present = cache.features(encoder, column.contents,
-                                                                             encoder.field.type)
+                continue
+            # One lookup over the items of every split, so an item shown in several is hashed once.
+            items = list(dict.fromkeys(item for column in columns for item in column.contents))
+            features, present = cache.features(encoder, items, encoder.field.type)
+            row = {item: i for i, item in enumerate(items)}
+            for column in columns:
+                rows = torch.tensor([row[item] for item in column.contents], dtype=torch.long)
+                column.features, column.feature_present = features[rows], present[rows]
 
     def _count_content(self, batch: Batch, stage: str) -> None:
         """Per media field: add up the rows without usable content (logged once per epoch), and
