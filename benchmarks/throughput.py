@@ -199,7 +199,7 @@ class BareStep:
 
     def __call__(self, features: dict, labels: dict):
         outputs = self.model(features)
-        total = self.balancer({task: head.loss(outputs[task], labels[task]) for task, head in self.heads.items()})
+        total = self.balancer({task: head.loss(outputs[task], labels[task]) for task, head in self.heads.items()}, [])
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

@@ -111,7 +111,7 @@ def test_regression_head_learns_in_standard_units_and_serves_the_label_scale():
 def test_fixed_balancer_is_the_weighted_sum():
     balancer = get_registry().build("balancers", "fixed", "test", {"a": 2.0, "b": 0.5})
     losses = {"a": torch.tensor(1.5), "b": torch.tensor(4.0)}
-    assert balancer(losses).item() == pytest.approx(2.0 * 1.5 + 0.5 * 4.0)
+    assert balancer(losses, []).item() == pytest.approx(2.0 * 1.5 + 0.5 * 4.0)
     assert balancer.task_weights() == {"a": 2.0, "b": 0.5}
 
 

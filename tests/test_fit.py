@@ -61,4 +61,4 @@ def test_alpha_weights_the_total_loss():
     outputs = model(batch.features)
     losses = model._losses(outputs, batch)
     expected = 2.0 * losses["click"] + 0.25 * losses["watch_time"]
-    torch.testing.assert_close(model.balancer(losses), expected)
+    torch.testing.assert_close(model.balancer(losses, model.shared_parameters()), expected)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fusionrec.components import LossBalancer
 
 
 class FixedWeights(LossBalancer):
-    def __init__(self, weights: dict[str, float]):
-        super().__init__(weights)
-        self.register_buffer("alpha", torch.tensor([weights[task] for task in self.tasks]), persistent=False)
-
-    def forward(self, losses: dict[str, Tensor]) -> Tensor:
-        return torch.stack([losses[task] for task in self.tasks]) @ self.alpha.to(losses[self.tasks[0]].dtype)
+    def forward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> Tensor:
+        return self.weighted_sum(losses)
 
     def task_weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self.alpha.tolist()))

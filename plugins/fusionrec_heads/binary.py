@@ -50,7 +50,7 @@ class BinaryHead(TaskHead):
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h)).squeeze(-1)
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         return nn.functional.binary_cross_entropy_with_logits(output, target)
 
     def predict(self, output: Tensor) -> Tensor:
@@ -59,5 +59,6 @@ class BinaryHead(TaskHead):
     def metrics(self) -> dict[str, Metric]:
         return {"auc": BinaryAUROC(), "logloss": BinaryLogLoss(), "accuracy": BinaryAccuracy()}
 
-    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:
+    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor,
+                       groups: Tensor | None = None) -> None:
         super().update_metrics(metrics, output, target.long())

@@ -58,7 +58,7 @@ class MulticlassHead(TaskHead):
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h))
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         return nn.functional.cross_entropy(output, target)
 
     def predict(self, output: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class MultilabelHead(TaskHead):
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h))
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         return nn.functional.binary_cross_entropy_with_logits(output, target)
 
     def predict(self, output: Tensor) -> Tensor:
@@ -121,5 +121,6 @@ class MultilabelHead(TaskHead):
         return {"auc": PresentLabelsAUROC(self.num_classes),
                 "micro_f1": MultilabelF1Score(self.num_classes, average="micro")}
 
-    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:
+    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor,
+                       groups: Tensor | None = None) -> None:
         super().update_metrics(metrics, output, target.long())

@@ -38,7 +38,7 @@ class RegressionHead(TaskHead):
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h)).squeeze(-1)
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         return nn.functional.mse_loss(output, (target - self.mean) / self.std)
 
     def predict(self, output: Tensor) -> Tensor:

@@ -23,10 +23,16 @@ class TaskHead(nn.Module):
     the head is passed to ``fit_labels`` too.
 
     ``forward(h: [B, D_t])`` returns the raw output (logits or values); ``loss``, ``predict``
-    (the served score: ``score_kind``) and ``update_metrics`` take that output.
+    (the served score: ``score_kind``) and ``update_metrics`` take that output. ``groups`` (``[B]``
+    or None) numbers the group of each row for ranking heads; pointwise heads ignore it.
+
+    A conditional head (``parent`` set to another task's name) is called as
+    ``forward(h, parent_output)`` after its parent, and its target is
+    ``stack([parent_target, own_target], -1)``.
     """
 
     score_kind = "value"
+    parent: str | None = None
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
         super().__init__()
@@ -48,7 +54,7 @@ class TaskHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     def predict(self, output: Tensor) -> Tensor:
@@ -57,7 +63,8 @@ class TaskHead(nn.Module):
     def metrics(self) -> dict[str, Metric]:
         raise NotImplementedError
 
-    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor) -> None:
+    def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor,
+                       groups: Tensor | None = None) -> None:
         scores = self.predict(output)
         for metric in metrics.values():
             metric.update(scores, target)

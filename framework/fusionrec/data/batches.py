@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -15,18 +15,28 @@ from fusionrec.data.media import MediaBatch, MediaColumn
 @dataclass
 class Batch:
     """``features[field]``: ``[B, ...]`` per field (a :class:`MediaBatch` for media fields);
-    ``labels[task]``: ``[B, ...]``; ``index``: ``[B]`` row numbers in the split."""
+    ``labels[task]``: ``[B, ...]``; ``index``: ``[B]`` row numbers in the split.
+
+    ``groups``: ``[B]`` the group (request, session, a positive with its sampled negatives) of each
+    row, numbered across the split, rows of one group next to each other; None without groups.
+    ``label_rows[task]``: ``[B]`` bool, the rows that carry a label for the task (e.g. not a
+    sampled negative); a task missing from it is labelled on every row.
+    """
 
     features: dict[str, Tensor | MediaBatch]
     labels: dict[str, Tensor]
     index: Tensor
+    groups: Tensor | None = None
+    label_rows: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch({k: v.to(device) for k, v in self.features.items()},
-                     {k: v.to(device) for k, v in self.labels.items()}, self.index.to(device))
+                     {k: v.to(device) for k, v in self.labels.items()}, self.index.to(device),
+                     None if self.groups is None else self.groups.to(device),
+                     {k: v.to(device) for k, v in self.label_rows.items()})
 
 
 class TensorTable(Dataset):

@@ -40,7 +40,10 @@ class MultiTaskModel(nn.Module):
         present = {name: batch.present_rows() for name, batch in features.items() if isinstance(batch, MediaBatch)}
         fused = self.fusion(encoded, present)  # [B, D]
         shared = self.trunk(fused)  # {T: [B, D_t]}
-        return {task: head(shared[task]) for task, head in self.heads.items()}
+        outputs: dict[str, Tensor] = {}
+        for task, head in self.heads.items():  # parents come before their conditional tasks
+            outputs[task] = head(shared[task]) if head.parent is None else head(shared[task], outputs[head.parent])
+        return outputs
 
     @classmethod
     def build(cls, registry: Registry, fields: dict[str, FieldInfo], tasks: dict[str, dict[str, Any]],

@@ -139,28 +139,51 @@ class MultiTaskModule(LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def _labelled(self, task: str, output: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A task's output, target and groups on the rows that carry its label. A conditional
+        head's target also holds its parent's: ``[B, 2]``."""
+        head = self.model.heads[task]
+        target = batch.labels[task]
+        if head.parent is not None:
+            target = torch.stack([batch.labels[head.parent].to(target.dtype), target], -1)
+        groups = batch.groups
+        rows = batch.label_rows.get(task)
+        if rows is not None:
+            output, target = output[rows], target[rows]
+            groups = None if groups is None else groups[rows]
+        return output, target, groups
+
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {task: head.loss(outputs[task], batch.labels[task]) for task, head in self.model.heads.items()}
+        return {task: head.loss(*self._labelled(task, outputs[task], batch)) for task, head in self.model.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trunk's trainable parameters: where gradient-based balancers compare the tasks'
+        gradients (never the embedding tables, whose dense per-task gradients would be huge)."""
+        return [p for p in self.model.trunk.parameters() if p.requires_grad]
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         self._count_content(batch, "train")
         losses = self._losses(self(batch.features), batch)
-        total = self.balancer(losses)
+        total = self.balancer(losses, self.shared_parameters())
         self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
         # The logger only writes every log_every_n_steps; logging per-task losses on the other steps
         # would cost ~1 ms a step for values nobody reads.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log_dict({f"train/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
+            self.log_dict({f"train/{task}/weight": weight for task, weight in self.balancer.task_weights().items()},
+                          batch_size=len(batch))
         return total
 
     def _evaluation_step(self, batch: Batch, stage: str) -> None:
         self._count_content(batch, stage)
         outputs = self(batch.features)
         losses = self._losses(outputs, batch)
-        self.log(f"{stage}/loss", self.balancer(losses), batch_size=len(batch), prog_bar=stage == "val")
+        # The config's fixed weights, not a learned balancer's current ones: epochs stay comparable
+        # for early stopping and checkpoint selection.
+        self.log(f"{stage}/loss", self.balancer.weighted_sum(losses), batch_size=len(batch), prog_bar=stage == "val")
         self.log_dict({f"{stage}/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
         for task, head in self.model.heads.items():
-            head.update_metrics(self.metrics[stage][task], outputs[task], batch.labels[task])
+            head.update_metrics(self.metrics[stage][task], *self._labelled(task, outputs[task], batch))
 
     def _log_metrics(self, stage: str) -> None:
         for task, metrics in self.metrics[stage].items():
@@ -175,6 +198,7 @@ class MultiTaskModule(LightningModule):
         self._evaluation_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
+        self.balancer.on_train_epoch_end()
         self._log_missing_rows("train")
 
     def on_validation_epoch_end(self) -> None:

@@ -52,7 +52,7 @@ class PoissonHead(TaskHead):
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h)).squeeze(-1)
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+    def loss(self, output: Tensor, target: Tensor, groups: Tensor | None = None) -> Tensor:
         return nn.functional.poisson_nll_loss(output, target, log_input=True)
 
     def predict(self, output: Tensor) -> Tensor:
