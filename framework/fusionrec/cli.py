@@ -1,12 +1,16 @@
-"""The ``fusionrec`` command: LightningCLI's fit/validate/test/predict, plus ``plugins``."""
+"""The ``fusionrec`` command: LightningCLI's fit/validate/test/predict, plus ``plugins``, ``recommend`` and
+``evaluate-topk`` (:mod:`fusionrec.recommend.commands`) and ``report`` (:mod:`fusionrec.reporting.command`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
@@ -15,7 +19,11 @@ from rich.table import Table
 from fusionrec.data.datamodule import MultiTaskDataModule
 from fusionrec.errors import ConfigError, FusionrecError
 from fusionrec.plugins import SLOTS, get_registry
-from fusionrec.training.callbacks import MetricsTable, ParquetPredictionWriter
+from fusionrec.recommend.commands import run_evaluate_topk, run_recommend
+from fusionrec.reporting import write_report
+from fusionrec.reporting.command import run_report
+from fusionrec.reporting.files import run_directory
+from fusionrec.training.callbacks import CalibrationWriter, MetricsTable, ParquetPredictionWriter
 from fusionrec.training.module import MultiTaskModule
 
 
@@ -71,6 +79,28 @@ class FusionrecCLI(LightningCLI):
         if self.config["fit"].get("test_after_fit") and "test" in self.datamodule.tables:
             best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self._write_report()
+
+    def _write_report(self) -> None:
+        """training.png and calibration.png next to metrics.csv (docs/reports.md)."""
+        # Without a logger (or under fast_dev_run, which swaps it for a dummy) there are no logs to plot.
+        if not self.trainer.is_global_zero or not self.trainer.loggers or self.trainer.fast_dev_run:
+            return
+        run_dir = run_directory(self.trainer)
+        if run_dir is None:
+            print("no report plots: they are built from the CSV logger's metrics.csv; "
+                  "leave trainer.logger unset, or list lightning.pytorch.loggers.CSVLogger among its loggers")
+            return
+        for line in write_report(run_dir):
+            print(line)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Lightning's default logger is TensorBoard where it is installed, else CSV; fusionrec's is
+        # always CSV, whose metrics.csv the reports are built from. A logger set in the config is kept.
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") is None or trainer.get("logger") is True:
+            kwargs.setdefault("logger", CSVLogger(trainer.get("default_root_dir") or os.getcwd()))
+        return super().instantiate_trainer(**kwargs)
 
     def before_validate(self) -> None:
         self._use_checkpoint_preprocessing()
@@ -103,7 +133,7 @@ def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
     return FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv, run=run,
                         parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
                         save_config_kwargs={"overwrite": True},
-                        trainer_defaults={"callbacks": [MetricsTable()]})
+                        trainer_defaults={"callbacks": [MetricsTable(), CalibrationWriter()]})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         if (sys.argv[1:] if argv is None else argv)[:1] == ["plugins"]:
             print_plugins()
             return 0
+        arguments = sys.argv[1:] if argv is None else argv
+        if arguments[:1] == ["recommend"]:
+            return run_recommend(arguments[1:])
+        if arguments[:1] == ["evaluate-topk"]:
+            return run_evaluate_topk(arguments[1:])
+        if arguments[:1] == ["report"]:
+            return run_report(arguments[1:])
         make_cli(argv)
     except FusionrecError as error:
         print(f"fusionrec: error: {error}", file=sys.stderr)

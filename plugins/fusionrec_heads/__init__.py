@@ -1,1 +1,1 @@
-"""Built-in task heads: binary, regression, multiclass and multilabel."""
+"""Built-in task heads: binary, regression, multiclass, multilabel and the conditional esmm."""

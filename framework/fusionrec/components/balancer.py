@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusionrec.errors import ConfigError
+
 
 class LossBalancer(nn.Module):
     """Base of every balancer plugin: ``(weights: {task: alpha_i}, **options)``.
@@ -13,7 +15,13 @@ class LossBalancer(nn.Module):
     ``{task: L_i}`` and the trunk's trainable parameters (for methods that compare the tasks'
     gradients there) and returns the loss to back-propagate; ``task_weights()`` reports the
     weights in force, for logging; ``on_train_epoch_end()`` is called after every training epoch.
+
+    Learned task weights are ``nn.Parameter`` s of the balancer, trained by the model's optimiser in
+    a group of their own: learning rate ``self.learning_rate`` (``None``: the model's) and no weight
+    decay. State that must survive a resume lives in persistent buffers, so it is checkpointed.
     """
+
+    learning_rate: float | None = None
 
     def __init__(self, weights: dict[str, float]):
         super().__init__()
@@ -37,3 +45,33 @@ class LossBalancer(nn.Module):
 
     def on_train_epoch_end(self) -> None:
         pass
+
+    @staticmethod
+    def task_gradients(losses: Tensor, shared: list[nn.Parameter]) -> Tensor:
+        """``[T] -> [T, P]``: each loss's gradient on ``shared``, flattened (P = their total size).
+
+        One extra backward pass per task through the heads and the trunk (never the embedding
+        tables, which lie upstream of ``shared``); the graph is kept for the training step's own
+        backward. A parameter a task does not reach gets zeros.
+        """
+        rows = []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True, materialize_grads=True)
+            rows.append(torch.cat([grad.reshape(-1) for grad in grads]))
+        return torch.stack(rows)
+
+    @staticmethod
+    def gradient_correction(shared: list[nn.Parameter], delta: Tensor) -> Tensor:
+        """A scalar whose value is 0 and whose gradient on ``shared`` is ``delta`` (``[P]``, flattened
+        like :meth:`task_gradients`). Added to the returned loss it turns the shared parameters'
+        gradient ``g`` into ``g + delta`` under Lightning's ordinary backward; being linear in the loss,
+        it is scaled with it by an fp16 GradScaler and averaged with it by DDP."""
+        parts = delta.detach().split([p.numel() for p in shared])
+        return sum(((p - p.detach()) * part.view_as(p).to(p.dtype)).sum() for p, part in zip(shared, parts))
+
+
+def positive(option: str, value: object) -> float:
+    """``value`` as a float, or a ConfigError naming ``model.balancer.<option>``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"model.balancer.{option}: expected a positive number, got {value!r}")
+    return float(value)

@@ -42,12 +42,17 @@ class Batch:
 class TensorTable(Dataset):
     """A whole split as tensors. Indexed by the row numbers of a batch (a ``LongTensor`` from
     :class:`BatchIndices`, or a list), it returns one ``Batch``: one ``index_select`` per column,
-    no per-row Python; media columns add their batch's distinct items (see :mod:`fusionrec.data.media`)."""
+    no per-row Python; media columns add their batch's distinct items (see :mod:`fusionrec.data.media`).
+
+    ``groups`` (``[N]`` or None): the group of each row, rows of a group next to each other
+    (see :class:`GroupedBatchIndices`); gathered into ``Batch.groups``.
+    """
 
     def __init__(self, features: dict[str, Tensor], labels: dict[str, Tensor], num_rows: int,
-                 media: dict[str, MediaColumn] | None = None):
+                 media: dict[str, MediaColumn] | None = None, groups: Tensor | None = None):
         self.features, self.labels, self.num_rows = features, labels, num_rows
         self.media = media or {}
+        self.groups = groups
 
     def __len__(self) -> int:
         return self.num_rows
@@ -58,7 +63,8 @@ class TensorTable(Dataset):
         # same gather, and far slower again when other processes compete for the cores.
         features: dict[str, Tensor | MediaBatch] = {k: v.index_select(0, index) for k, v in self.features.items()}
         features.update({k: column.batch(index) for k, column in self.media.items()})
-        return Batch(features, {k: v.index_select(0, index) for k, v in self.labels.items()}, index)
+        groups = None if self.groups is None else self.groups.index_select(0, index)
+        return Batch(features, {k: v.index_select(0, index) for k, v in self.labels.items()}, index, groups)
 
 
 class BatchIndices(Sampler[Tensor]):
@@ -82,6 +88,51 @@ class BatchIndices(Sampler[Tensor]):
             yield order[start:start + self.batch_size].clone()
 
 
-def batch_loader(table: TensorTable, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
-    return DataLoader(table, batch_size=None, sampler=BatchIndices(len(table), batch_size, shuffle),
+class GroupedBatchIndices(Sampler[Tensor]):
+    """Like :class:`BatchIndices`, but whole groups: each epoch shuffles the order of the groups
+    (not of the rows) and packs consecutive groups into batches of about ``batch_size`` rows (a
+    group starts in the batch its first row falls into, so a batch can run over by one group).
+
+    ``sizes``: ``[G]`` rows per group, the groups' rows contiguous and in group order in the table.
+    ``len()`` is ``ceil(rows / batch_size)``, the most batches an epoch can have: a group longer than
+    a batch leaves the next batch out, so an epoch can have fewer (a loader stops at either).
+    """
+
+    def __init__(self, sizes: Tensor, batch_size: int, shuffle: bool):
+        self.sizes, self.batch_size, self.shuffle = sizes, batch_size, shuffle
+        self.starts = torch.cumsum(sizes, 0) - sizes
+
+    def _packing(self, order: Tensor) -> tuple[Tensor, Tensor]:
+        """The table rows in the order of ``order``'s groups, and the number of rows of each batch."""
+        sizes = self.sizes[order]
+        offsets = torch.cumsum(sizes, 0) - sizes  # where each group starts in the epoch's row order
+        rows = torch.repeat_interleave(self.starts[order] - offsets, sizes) + torch.arange(int(sizes.sum()))
+        batch_of_group = torch.div(offsets, self.batch_size, rounding_mode="floor")
+        counts = torch.bincount(batch_of_group, weights=sizes.double()).long()
+        return rows, counts[counts > 0]
+
+    def __len__(self) -> int:
+        return -(-int(self.sizes.sum()) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = torch.randperm(len(self.sizes)) if self.shuffle else torch.arange(len(self.sizes))
+        rows, counts = self._packing(order)
+        for batch in torch.split(rows, counts.tolist()):
+            yield batch.clone()
+
+
+def group_sizes(groups: Tensor) -> Tensor:
+    """``[N]`` group ids, rows of a group contiguous -> ``[G]`` rows per group."""
+    return torch.unique_consecutive(groups, return_counts=True)[1]
+
+
+def batch_loader(table: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
+                 sampler: Sampler | None = None) -> DataLoader:
+    """Batches of ``table`` (gathered whole by its ``__getitem__``) drawn by ``sampler``; by default
+    :class:`GroupedBatchIndices` for a table with groups, :class:`BatchIndices` otherwise."""
+    if sampler is None:
+        groups = getattr(table, "groups", None)
+        sampler = (BatchIndices(len(table), batch_size, shuffle) if groups is None
+                   else GroupedBatchIndices(group_sizes(groups), batch_size, shuffle))
+    return DataLoader(table, batch_size=None, sampler=sampler,
                       num_workers=num_workers, persistent_workers=num_workers > 0)

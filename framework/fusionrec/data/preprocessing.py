@@ -69,7 +69,8 @@ def _numbers(values: pd.Series, where: str, na_values: list[str]) -> np.ndarray:
 class Preprocessor:
     """Turns a table into tensors with state fitted on the training split.
 
-    ``state = {"features": {name: {...}}, "tasks": {name: {"head", "label", "labels"}}}``.
+    ``state = {"features": {name: {...}}, "tasks": {name: {"head", "label", "parent", "labels"}}, "scenario": column}``
+    (``scenario``: the categorical feature naming each row's scenario, or None).
     """
 
     def __init__(self, state: dict[str, Any]):
@@ -79,7 +80,7 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec],
-            registry: Registry) -> "Preprocessor":
+            registry: Registry, scenario: str | None = None) -> "Preprocessor":
         fitted: dict[str, Any] = {}
         for name, spec in features.items():
             values, where = frame[name], _where(frame, name)
@@ -108,9 +109,9 @@ class Preprocessor:
         labels = {}
         for name, task in tasks.items():
             head = registry.get("heads", task.head, f"model.tasks.{name}.head").factory
-            labels[name] = {"head": task.head, "label": task.label,
+            labels[name] = {"head": task.head, "label": task.label, "parent": task.parent,
                             "labels": head.fit_labels(frame[task.label], _where(frame, task.label), task.options)}
-        return cls({"features": fitted, "tasks": labels})
+        return cls({"features": fitted, "tasks": labels, "scenario": scenario})
 
     # --- applying ---
 
@@ -139,7 +140,22 @@ class Preprocessor:
                 head = registry.get("heads", task["head"], f"model.tasks.{name}.head").factory
                 labels[name] = head.encode_labels(frame[task["label"]], task["labels"],
                                                   _where(frame, task["label"]) + f" (task '{name}')")
+            for name, task in self.state["tasks"].items():
+                if task.get("parent") is not None:  # checkpoints from before conditional tasks lack the key
+                    self._check_after_parent(frame, name, labels)
         return TensorTable(features, labels, len(frame), media)
+
+    def _check_after_parent(self, frame: pd.DataFrame, task: str, labels: dict[str, torch.Tensor]) -> None:
+        """A conditional task's event only happens after its parent's (no conversion without a
+        click): its label must be 0 wherever the parent's is."""
+        column, parent = self.state["tasks"][task]["label"], self.state["tasks"][task]["parent"]
+        orphans = ((labels[task] != 0) & (labels[parent] == 0)).numpy()
+        if orphans.any():
+            parent_column = self.state["tasks"][parent]["label"]
+            raise DataError(f"{_where(frame, column)} (task '{task}'): label "
+                            f"{describe_value(frame[column], int(np.flatnonzero(orphans)[0]))} is positive where "
+                            f"the parent task '{parent}' (column '{parent_column}') is 0, in {int(orphans.sum())} "
+                            f"row(s); a conditional label counts the rows where both events happened")
 
     @staticmethod
     def _transform_feature(values: pd.Series, entry: dict[str, Any], where: str) -> torch.Tensor:

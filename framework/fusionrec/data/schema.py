@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -36,6 +37,7 @@ class TaskSpec:
     label: str
     weight: float
     options: dict[str, Any]
+    parent: str | None = None  # a conditional task's parent task (its head's ``parent`` option)
 
 
 def _mapping(value: Any, key: str) -> Mapping[str, Any]:
@@ -80,7 +82,32 @@ def parse_tasks(config: Any, registry: Registry, key: str = "model.tasks") -> di
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
             raise ConfigError(f"{entry_key}.weight: expected a number >= 0, got {weight!r}")
         check_options(factory, entry, entry_key, skip=2)
-        specs[name] = TaskSpec(str(name), head, str(label), float(weight), entry)
+        parent = entry.get("parent")  # stays among the options: the head takes it too
+        if parent is not None and not isinstance(parent, str):
+            raise ConfigError(f"{entry_key}.parent: expected a task name, got {parent!r}")
+        specs[name] = TaskSpec(str(name), head, str(label), float(weight), entry, parent)
     if not specs:
         raise ConfigError(f"{key}: declare at least one task")
+    _check_parents(specs, key)
     return specs
+
+
+def _check_parents(specs: dict[str, TaskSpec], key: str) -> None:
+    """A conditional task scores its event after its parent's, from the parent's logit: the parent
+    must be another declared task with a ``binary`` head, and parents must not form a cycle."""
+    tasks = f"tasks: {', '.join(specs)}"
+    conditional = {name: spec.parent for name, spec in specs.items() if spec.parent is not None}
+    for name, parent in conditional.items():
+        if parent == name:
+            raise ConfigError(f"{key}.{name}.parent: a task cannot be its own parent; {tasks}")
+        if parent not in specs:
+            raise ConfigError(f"{key}.{name}.parent: no task named {parent!r}; {tasks}")
+    try:
+        graphlib.TopologicalSorter({name: [parent] for name, parent in conditional.items()}).prepare()
+    except graphlib.CycleError as error:
+        cycle = error.args[1]
+        raise ConfigError(f"{key}.{cycle[0]}.parent: the parents form a cycle, {' -> '.join(cycle)}; {tasks}") from None
+    for name, parent in conditional.items():
+        if specs[parent].head != "binary":
+            raise ConfigError(f"{key}.{name}.parent: task '{parent}' has a '{specs[parent].head}' head; "
+                              f"a conditional task's parent needs a 'binary' head; {tasks}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 from typing import Any
 
 from torch import Tensor, nn
@@ -35,9 +36,20 @@ class MultiTaskModel(nn.Module):
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, features: dict[str, Tensor | MediaBatch]) -> dict[str, Tensor]:
-        encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items()}  # {F: [B, D_f]}
+    def encode(self, features: dict[str, Tensor | MediaBatch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The encoders of the fields in ``features`` (``{field: [N, ...]}``): ``({field: [N, D_f]},
+        {media field: Bool[N] row has usable content})``. Top-K scoring encodes a catalogue's item
+        fields once with it and passes the per-pair gathers to ``forward(..., encoded, present)``."""
+        encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items() if name in features}
         present = {name: batch.present_rows() for name, batch in features.items() if isinstance(batch, MediaBatch)}
+        return encoded, present
+
+    def forward(self, features: dict[str, Tensor | MediaBatch], encoded: dict[str, Tensor] | None = None,
+                present: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """``encoded``/``present``: fields encoded beforehand (see :meth:`encode`), left out of ``features``."""
+        own_encoded, own_present = self.encode(features)
+        encoded = {**own_encoded, **(encoded or {})}  # {F: [B, D_f]}
+        present = {**own_present, **(present or {})}
         fused = self.fusion(encoded, present)  # [B, D]
         shared = self.trunk(fused)  # {T: [B, D_t]}
         outputs: dict[str, Tensor] = {}
@@ -78,4 +90,7 @@ class MultiTaskModel(nn.Module):
         heads = {task: registry.build("heads", spec["head"], f"model.tasks.{task}", built_trunk.output_dims[task],
                                       label_states[task], **spec["options"])
                  for task, spec in tasks.items()}
-        return cls(built_encoders, built_fusion, built_trunk, heads)
+        # Parents first, since forward hands each parent's output to its conditional tasks: the tasks
+        # without a parent in config order, then the conditional ones (parse_tasks ruled out cycles).
+        order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
+        return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()})

@@ -1,4 +1,5 @@
-"""Callbacks the CLI adds: a per-task metrics table, and a Parquet writer for predictions."""
+"""Callbacks the CLI adds: a per-task metrics table, the test split's calibration bins, and a
+Parquet writer for predictions."""
 
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from fusionrec.reporting.files import CALIBRATION_FILE, run_directory, write_atomically
+from fusionrec.reporting.reliability import COLUMNS, ReliabilityBins, bins_frame
+
 
 def metrics_by_task(metrics: dict[str, Any], stage: str) -> dict[str, dict[str, float]]:
-    """``{"val/click/auc": 0.7, ...}`` -> ``{"click": {"auc": 0.7}}`` (per task, never pooled)."""
+    """``{"val/click/auc": 0.7, ...}`` -> ``{"click": {"auc": 0.7}}`` (per task, never pooled);
+    a per-scenario ``"val/click/auc/app"`` becomes the row ``"click [app]"``."""
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in metrics.items():
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == stage:
             table[parts[1]][parts[2]] = float(value)
+        elif len(parts) == 4 and parts[0] == stage:
+            table[f"{parts[1]} [{parts[3]}]"][parts[2]] = float(value)
     return dict(table)
 
 
@@ -52,6 +59,38 @@ class MetricsTable(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._print(trainer, "test", "test metrics")
+
+
+class CalibrationWriter(Callback):
+    """Counts every probability task's test predictions into reliability bins and writes them to
+    ``calibration.csv`` in the CSV logger's run directory (rank 0, atomically) when testing ends.
+
+    The test split, not validation: fit tests the best checkpoint on rows that took no part in
+    choosing it. A task counts when its head's ``score_kind`` is ``"probability"``, on the rows that
+    carry its label, each served probability against the task's own 0/1 label (for a conditional
+    head, the last column of its target; a multilabel head's classes are pooled). A run without such
+    a task gets a header-only file. Needs ``test_step`` to return the model's raw outputs per task.
+    """
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.bins = {task: ReliabilityBins().to(pl_module.device) for task, head in pl_module.model.heads.items()
+                     if head.score_kind == "probability"}
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: dict[str, Any],
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        for task, bins in self.bins.items():
+            head = pl_module.model.heads[task]
+            output, target, _ = pl_module._labelled(task, outputs[task], batch)
+            bins.update(head.predict(output), target[..., -1] if head.parent is not None else target)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        states = {task: bins.compute() for task, bins in self.bins.items()}  # every rank: sums across ranks
+        run_dir = run_directory(trainer)
+        if not trainer.is_global_zero or run_dir is None:
+            return
+        frames = [bins_frame("test", task, state) for task, state in states.items()]
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+        write_atomically(run_dir / CALIBRATION_FILE, lambda partial: table.to_csv(partial, index=False))
 
 
 class ParquetPredictionWriter(BasePredictionWriter):

@@ -13,7 +13,7 @@ import fusionrec
 from fusionrec.data.batches import Batch
 from fusionrec.data.feature_cache import FeatureCache
 from fusionrec.data.media import MediaBatch
-from fusionrec.data.preprocessing import Preprocessor
+from fusionrec.data.preprocessing import RESERVED, Preprocessor
 from fusionrec.data.schema import parse_tasks
 from fusionrec.data.synthetic import cache_dir
 from fusionrec.errors import ConfigError
@@ -74,6 +74,17 @@ class MultiTaskModule(LightningModule):
             dict(hp.encoders or {}), self.fusion_config, self.trunk_config)
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({task: nn.ModuleDict(head.metrics()) for task, head in self.model.heads.items()})
+            for stage in EVAL_STAGES})
+        # With data.scenario, every task's metrics once more per scenario, on the rows of that
+        # scenario: ``scenario_metrics[stage][task][str(position)]``, ``self.scenarios[position]``
+        # = (scenario name, its categorical id).
+        self.scenario_column = preprocessing.get("scenario")
+        vocabulary = preprocessing["features"][self.scenario_column]["vocabulary"] if self.scenario_column else []
+        self.scenarios = [(name, position + RESERVED) for position, name in enumerate(vocabulary)]
+        self.scenario_metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({task: nn.ModuleDict({str(position): nn.ModuleDict(head.metrics())
+                                                       for position in range(len(self.scenarios))})
+                                  for task, head in self.model.heads.items()})
             for stage in EVAL_STAGES})
 
     def setup(self, stage: str) -> None:
@@ -174,7 +185,7 @@ class MultiTaskModule(LightningModule):
                           batch_size=len(batch))
         return total
 
-    def _evaluation_step(self, batch: Batch, stage: str) -> None:
+    def _evaluation_step(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         self._count_content(batch, stage)
         outputs = self(batch.features)
         losses = self._losses(outputs, batch)
@@ -183,19 +194,43 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/loss", self.balancer.weighted_sum(losses), batch_size=len(batch), prog_bar=stage == "val")
         self.log_dict({f"{stage}/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
         for task, head in self.model.heads.items():
-            head.update_metrics(self.metrics[stage][task], *self._labelled(task, outputs[task], batch))
+            output, target, groups = self._labelled(task, outputs[task], batch)
+            head.update_metrics(self.metrics[stage][task], output, target, groups)
+            if self.scenarios:
+                self._update_scenario_metrics(stage, task, batch, output, target, groups)
+        return outputs
+
+    def _update_scenario_metrics(self, stage: str, task: str, batch: Batch, output: Tensor, target: Tensor,
+                                 groups: Tensor | None) -> None:
+        scenario = batch.features[self.scenario_column]
+        rows = batch.label_rows.get(task)
+        if rows is not None:
+            scenario = scenario[rows]
+        for position, (_, scenario_id) in enumerate(self.scenarios):
+            selected = scenario == scenario_id
+            if selected.any():
+                self.model.heads[task].update_metrics(self.scenario_metrics[stage][task][str(position)], output[selected],
+                                                      target[selected], None if groups is None else groups[selected])
 
     def _log_metrics(self, stage: str) -> None:
         for task, metrics in self.metrics[stage].items():
             for name, metric in metrics.items():
                 self.log(f"{stage}/{task}/{name}", metric.compute())
                 metric.reset()
+        # Per scenario: ``{stage}/{task}/{metric}/{scenario}``, for the scenarios the split shows.
+        for task, per_scenario in self.scenario_metrics[stage].items():
+            for position, metrics in per_scenario.items():
+                for name, metric in metrics.items():
+                    if metric.update_count:
+                        self.log(f"{stage}/{task}/{name}/{self.scenarios[int(position)][0]}", metric.compute())
+                    metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        # The raw outputs per task go to the callbacks' on_test_batch_end (CalibrationWriter).
+        return self._evaluation_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self.balancer.on_train_epoch_end()
@@ -223,6 +258,13 @@ class MultiTaskModule(LightningModule):
                 params = [p for p in encoder.backbone.parameters() if p.requires_grad]
                 groups.append({"params": params, "lr": encoder.learning_rate})
                 grouped.update(map(id, params))
+        # Learned task weights: the balancer's learning rate (GradNorm and FAMO use ~0.025) and no
+        # weight decay, which would pull log-variances and logits towards 0 against their objective.
+        balancer = [p for p in self.balancer.parameters() if p.requires_grad]
+        if balancer:
+            groups.append({"params": balancer, "lr": self.balancer.learning_rate or self.hparams.learning_rate,
+                           "weight_decay": 0.0})
+            grouped.update(map(id, balancer))
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in grouped]
         return torch.optim.Adam([{"params": rest}, *groups], lr=self.hparams.learning_rate,
                                 weight_decay=self.hparams.weight_decay, fused=True)

@@ -1,0 +1,102 @@
+"""Top-K over a whole catalogue: item fields encoded once, then every (user, item) pair scored in
+chunks of at most ``max_pairs`` rows.
+
+Per block of users: their fields are encoded once (``[U_b, D_f]``), the catalogue's encodings
+(``[I, D_f]``) are gathered per pair, and fusion, trunk and heads run on the ``U_b x I`` pairs. The
+block's fused scores ``[U_b, I]`` (``U_b * I <= max_pairs`` unless one user alone exceeds it)
+are masked where the user's history is excluded and cut to the top K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fusionrec.data.batches import TensorTable
+from fusionrec.recommend.catalogue import Side
+from fusionrec.recommend.fused_score import FusedScore
+from fusionrec.training.module import MultiTaskModule
+
+
+@dataclass
+class TopK:
+    """``items``: ``[U, K]`` item rows, best first, -1 where a user has fewer than K candidates;
+    ``fused``: ``[U, K]``; ``served``: ``{task: [U, K]}`` (``[U, K, C]`` for multi-output tasks)."""
+
+    items: np.ndarray
+    fused: np.ndarray
+    served: dict[str, np.ndarray]
+
+
+class Ranker:
+    """Scores users against a catalogue with a trained :class:`MultiTaskModule` (in eval mode)."""
+
+    def __init__(self, module: MultiTaskModule, score: FusedScore, max_pairs: int = 65536):
+        self.module, self.model, self.score, self.max_pairs = module, module.model, score, max_pairs
+
+    def _encode_rows(self, table: TensorTable, rows: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``table``'s fields on ``rows``, encoded: ``({field: [len(rows), D_f]}, {media field: Bool[len(rows)]})``."""
+        encoded, present = {}, {}
+        for start in range(0, len(rows), self.max_pairs):
+            part, part_present = self.model.encode(table[rows[start:start + self.max_pairs]].features)
+            for name, value in part.items():
+                encoded.setdefault(name, []).append(value)
+            for name, value in part_present.items():
+                present.setdefault(name, []).append(value)
+        return ({name: torch.cat(parts) for name, parts in encoded.items()},
+                {name: torch.cat(parts) for name, parts in present.items()})
+
+    @torch.no_grad()
+    def rank(self, users: Side, items: Side, user_rows: np.ndarray, k: int,
+             exclude: tuple[np.ndarray, np.ndarray] | None = None) -> TopK:
+        """Top ``k`` items for each of ``user_rows`` (rows of ``users``). ``exclude``: ``(user rows
+        [P], item rows [P])`` pairs never recommended."""
+        self.module.eval()
+        num_items, k = len(items.keys), min(k, len(items.keys))
+        item_encoded, item_present = self._encode_rows(items.table, torch.arange(num_items))
+        block = max(1, self.max_pairs // num_items)
+        excluded_users, excluded_items = exclude if exclude is not None else (np.empty(0, int), np.empty(0, int))
+        results: list[TopK] = []
+        for start in range(0, len(user_rows), block):
+            rows = torch.as_tensor(user_rows[start:start + block], dtype=torch.long)
+            user_encoded, user_present = self._encode_rows(users.table, rows)
+            fused, served = self._score_pairs(len(rows), num_items, user_encoded, user_present,
+                                              item_encoded, item_present)
+            # Excluded pairs of this block's users: -inf, then dropped from the top K below.
+            position = np.full(len(users.keys), -1)
+            position[rows.numpy()] = np.arange(len(rows))
+            block_rows = position[excluded_users]
+            mine = block_rows >= 0
+            fused[torch.as_tensor(block_rows[mine]), torch.as_tensor(excluded_items[mine])] = -torch.inf
+            top, chosen = fused.topk(k, dim=1)
+            valid = top > -torch.inf
+            results.append(TopK(torch.where(valid, chosen, -1).numpy(), top.numpy(),
+                                {task: score.gather(1, chosen if score.dim() == 2 else
+                                                    chosen.unsqueeze(2).expand(-1, -1, score.shape[2])).numpy()
+                                 for task, score in served.items()}))
+        return TopK(np.concatenate([r.items for r in results]), np.concatenate([r.fused for r in results]),
+                    {task: np.concatenate([r.served[task] for r in results]) for task in self.model.heads})
+
+    def _score_pairs(self, num_users: int, num_items: int, user_encoded: dict[str, Tensor],
+                     user_present: dict[str, Tensor], item_encoded: dict[str, Tensor],
+                     item_present: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused ``[U_b, I]`` and served ``{task: [U_b, I, ...]}`` scores of every pair of the block."""
+        fused, served = [], {task: [] for task in self.model.heads}
+        for start in range(0, num_users * num_items, self.max_pairs):
+            pairs = torch.arange(start, min(start + self.max_pairs, num_users * num_items))
+            user, item = pairs // num_items, pairs % num_items
+            encoded = {**{name: value.index_select(0, user) for name, value in user_encoded.items()},
+                       **{name: value.index_select(0, item) for name, value in item_encoded.items()}}
+            present = {**{name: value.index_select(0, user) for name, value in user_present.items()},
+                       **{name: value.index_select(0, item) for name, value in item_present.items()}}
+            outputs = self.model({}, encoded, present)
+            scores = {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
+            fused.append(self.score(scores))
+            for task, score in scores.items():
+                served[task].append(score)
+        return (torch.cat(fused).view(num_users, num_items),
+                {task: torch.cat(parts).view(num_users, num_items, *parts[0].shape[1:])
+                 for task, parts in served.items()})
