@@ -106,7 +106,7 @@ def test_product_and_sum_order_items_differently(catalogue):
     assert sorted(top_sum) == ["i10", "i2", "i6"]  # clicked items first
 
 
-def test_output_equals_scoring_every_pair_with_the_model(catalogue, tmp_path):
+def test_output_equals_scoring_every_pair_with_the_model(catalogue):
     root, checkpoint = catalogue
     # max_pairs 10: item encodings, user blocks and pair chunks all split in uneven pieces.
     recs = recommend(str(checkpoint), str(root / "users.parquet"), str(root / "items.parquet"), ITEMS,

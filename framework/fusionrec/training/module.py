@@ -218,12 +218,18 @@ class MultiTaskModule(LightningModule):
                 self.log(f"{stage}/{task}/{name}", metric.compute())
                 metric.reset()
         # Per scenario: ``{stage}/{task}/{metric}/{scenario}``, for the scenarios the split shows.
-        for task, per_scenario in self.scenario_metrics[stage].items():
-            for position, metrics in per_scenario.items():
-                for name, metric in metrics.items():
-                    if metric.update_count:
-                        self.log(f"{stage}/{task}/{name}/{self.scenarios[int(position)][0]}", metric.compute())
-                    metric.reset()
+        # Whether a scenario was seen is summed over processes, so that every process computes
+        # (and synchronises) the same metrics even when its share of the split lacks a scenario.
+        per_scenario = [(task, position, metrics) for task, by_position in self.scenario_metrics[stage].items()
+                        for position, metrics in by_position.items()]
+        seen = torch.tensor([float(any(m.update_count for m in metrics.values())) for _, _, metrics in per_scenario],
+                            device=self.device)
+        seen = self.trainer.strategy.reduce(seen, reduce_op="sum") if len(seen) else seen
+        for (task, position, metrics), was_seen in zip(per_scenario, seen.tolist()):
+            for name, metric in metrics.items():
+                if was_seen:
+                    self.log(f"{stage}/{task}/{name}/{self.scenarios[int(position)][0]}", metric.compute())
+                metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
