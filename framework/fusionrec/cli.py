@@ -28,7 +28,8 @@ from fusionrec.training.module import MultiTaskModule
 
 
 DESCRIPTION = ("fusionrec: multi-task recommendation on PyTorch Lightning. "
-               "'fusionrec plugins' lists the installed components.")
+               "'fusionrec plugins' lists the installed components; 'fusionrec recommend', "
+               "'fusionrec evaluate-topk' and 'fusionrec report RUN_DIR' take --help.")
 
 
 def package_path(package: str, *parts: str) -> str:
@@ -136,19 +137,19 @@ def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
                         trainer_defaults={"callbacks": [MetricsTable(), CalibrationWriter()]})
 
 
+# Subcommands outside LightningCLI: each takes the rest of the command line and returns the exit code.
+OWN_SUBCOMMANDS = {"recommend": run_recommend, "evaluate-topk": run_evaluate_topk, "report": run_report}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` defaults to the command line."""
     try:
-        if (sys.argv[1:] if argv is None else argv)[:1] == ["plugins"]:
+        arguments = sys.argv[1:] if argv is None else argv
+        if arguments[:1] == ["plugins"]:
             print_plugins()
             return 0
-        arguments = sys.argv[1:] if argv is None else argv
-        if arguments[:1] == ["recommend"]:
-            return run_recommend(arguments[1:])
-        if arguments[:1] == ["evaluate-topk"]:
-            return run_evaluate_topk(arguments[1:])
-        if arguments[:1] == ["report"]:
-            return run_report(arguments[1:])
+        if arguments and arguments[0] in OWN_SUBCOMMANDS:
+            return OWN_SUBCOMMANDS[arguments[0]](arguments[1:])
         make_cli(argv)
     except FusionrecError as error:
         print(f"fusionrec: error: {error}", file=sys.stderr)

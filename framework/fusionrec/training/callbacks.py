@@ -4,6 +4,7 @@ Parquet writer for predictions."""
 from __future__ import annotations
 
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class MetricsTable(Callback):
     """Prints one row per task and one column per metric after each validation and test run."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        # Off a terminal (a log file, CI) rich assumes 80 columns and would cut metric names short.
+        self.console = console or Console(width=None if sys.stdout.isatty() else 200)
 
     @rank_zero_only
     def _print(self, trainer: Trainer, stage: str, title: str) -> None:
