@@ -149,3 +149,19 @@ def test_package_path_interpolation_points_into_an_installed_package(tmp_path, c
     config["data"]["predict"] = "${package_path:no_such_package_xyz,model}"
     assert exit_code(["fit", "--config", str(write_config(tmp_path, config)), "--print_config"]) == 2
     assert "no_such_package_xyz" in capsys.readouterr().err
+
+
+def test_metrics_table_shows_per_scenario_rows_by_name():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from fusionrec.training.callbacks import MetricsTable
+
+    output = io.StringIO()
+    table = MetricsTable(Console(file=output, width=120))
+    trainer = SimpleNamespace(callback_metrics={"test/click/auc": 0.7, "test/click/auc/home": 0.75}, is_global_zero=True)
+    table.on_test_end(trainer, None)
+    printed = output.getvalue()
+    assert "click [home]" in printed and "0.7500" in printed

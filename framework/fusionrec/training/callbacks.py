@@ -15,6 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fusionrec.reporting.files import CALIBRATION_FILE, run_directory, write_atomically
@@ -52,7 +53,8 @@ class MetricsTable(Callback):
         for column in columns:
             table.add_column(column, justify="right")
         for task, metrics in by_task.items():
-            table.add_row(task, *(f"{metrics[c]:.4f}" if c in metrics else "" for c in columns))
+            # escape: "click [home]" is a row name, not rich markup.
+            table.add_row(escape(task), *(f"{metrics[c]:.4f}" if c in metrics else "" for c in columns))
         self.console.print(table)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
