@@ -299,8 +299,8 @@ def test_uncertainty_weights_are_logged_and_learned(tmp_path):
         assert logged[f"train/{task}/weight"].dropna().iloc[-1] > 1.2
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "gradnorm"])
-def test_gradient_balancers_train_under_ddp(tmp_path, name):
+@pytest.mark.parametrize("name", ["pcgrad", "gradnorm", "uncertainty", "dwa", "famo"])
+def test_balancers_train_under_ddp(tmp_path, name):
     config = small_config(trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
                                    "num_sanity_val_steps": 0, "logger": True, "log_every_n_steps": 1})
     del config["trainer"]["enable_checkpointing"]  # fit's default callbacks: the checkpoint is checked below
