@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from fusionrec.data.synthetic import cache_dir
 from fusionrec.errors import ConfigError
 from fusionrec.models.content import ContentField
 from fusionrec.models.multitask import MultiTaskModel, default_encoder
-from fusionrec.plugins import get_registry
+from fusionrec.plugins import Registry, get_registry
 
 EVAL_STAGES = ("val", "test")
 
@@ -275,6 +276,13 @@ class MultiTaskModule(LightningModule):
         return torch.optim.Adam([{"params": rest}, *groups], lr=self.hparams.learning_rate,
                                 weight_decay=self.hparams.weight_decay, fused=True)
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "MultiTaskModule":
+        """Lightning's loader, after checking that every component the checkpoint's manifest names is
+        installed: a missing one fails naming the distribution to install, before anything is built."""
+        require_installed_components(checkpoint_path, get_registry())
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fusionrec"] = {"version": fusionrec.__version__, "torch": str(torch.__version__),
                                    "components": self.component_manifest()}
@@ -293,3 +301,24 @@ class MultiTaskModule(LightningModule):
             "heads": {task: entry("heads", spec.head) for task, spec in self.task_specs.items()},
             "balancer": entry("balancers", self.balancer_config["name"]),
         }
+
+
+# Manifest section -> registry slot.
+MANIFEST_SLOTS = {"encoders": "encoders", "fusion": "fusions", "trunk": "trunks", "heads": "heads", "balancer": "balancers"}
+
+
+def require_installed_components(checkpoint_path: str | Path, registry: Registry) -> None:
+    """Every component in the checkpoint's manifest (``checkpoint["fusionrec"]["components"]``) must
+    be registered; otherwise a ConfigError names it and the distribution that provided it."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    manifest = checkpoint.get("fusionrec", {}).get("components", {})
+    for section, slot in MANIFEST_SLOTS.items():
+        entries = manifest.get(section, {})
+        named = entries.items() if section in ("encoders", "heads") else [(None, entries)]
+        for owner, entry in named:
+            if entry and entry["name"] not in registry.components[slot]:
+                where = f"{section}.{owner}" if owner else section
+                raise ConfigError(
+                    f"{checkpoint_path}: the model's {where} is the {slot[:-1]} '{entry['name']}' from "
+                    f"{entry['distribution']} {entry['version']}, which no installed plugin provides; "
+                    f"install {entry['distribution']}")
