@@ -5,9 +5,9 @@ The public surface: :func:`hookimpl` for plugins, the component base classes in
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fusionrec.errors import ConfigError, DataError, FusionrecError, PluginError
-from fusionrec.hookspecs import hookimpl
 
 try:
     __version__ = version("fusionrec")
@@ -15,3 +15,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = ["ConfigError", "DataError", "FusionrecError", "PluginError", "__version__", "hookimpl"]
+
+
+def __getattr__(name: str) -> Any:
+    # hookimpl on first use: fusionrec.serving imports this package and must not need pluggy.
+    if name == "hookimpl":
+        from fusionrec.hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module 'fusionrec' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fusionrec.data.datamodule import MultiTaskDataModule
 from fusionrec.errors import ConfigError, FusionrecError
+from fusionrec.export import run_export
 from fusionrec.plugins import SLOTS, get_registry
 from fusionrec.recommend.commands import run_evaluate_topk, run_recommend
 from fusionrec.reporting import write_report
@@ -138,7 +139,8 @@ def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
 
 
 # Subcommands outside LightningCLI: each takes the rest of the command line and returns the exit code.
-OWN_SUBCOMMANDS = {"recommend": run_recommend, "evaluate-topk": run_evaluate_topk, "report": run_report}
+OWN_SUBCOMMANDS = {"recommend": run_recommend, "evaluate-topk": run_evaluate_topk, "report": run_report,
+                   "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:
