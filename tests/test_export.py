@@ -17,7 +17,7 @@ from fusionrec.data.preprocessing import OUT_OF_VOCABULARY, PADDING, RESERVED, P
 from fusionrec.data.synthetic import generate_impressions
 from fusionrec.plugins import get_registry
 from fusionrec.serving import features as serving_features
-from fusionrec.serving import load
+from fusionrec.serving import load, load_onnx
 from fusionrec.training.module import MultiTaskModule
 
 TRUNKS = {"shared_bottom": {"name": "shared_bottom"}, "mmoe": {"name": "mmoe", "num_experts": 3, "expert_hidden": [32]},
@@ -43,7 +43,8 @@ def held_out_rows(count: int = 64) -> pd.DataFrame:
 def test_the_bundle_holds_program_weights_manifest_and_golden_rows(exported):
     checkpoint, bundle = exported
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert {f.name for f in bundle.iterdir()} == {"model.pt2", "weights.safetensors", "manifest.json", "golden.json"}
+    assert {f.name for f in bundle.iterdir()} == {"model.pt2", "model.onnx", "weights.safetensors", "manifest.json",
+                                                  "golden.json"}
     assert {entry["name"] for entry in manifest["inputs"]} == set(manifest["preprocessing"])
     assert manifest["outputs"] == {"click": {"kind": "probability", "shape": ["batch"]},
                                    "like": {"kind": "probability", "shape": ["batch"]},
@@ -59,9 +60,10 @@ def test_the_bundle_holds_program_weights_manifest_and_golden_rows(exported):
         torch.testing.assert_close(weights[name], value)
 
 
-def test_program_and_module_agree_on_golden_and_held_out_rows(exported):
+@pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
+def test_program_onnx_and_module_agree_on_golden_and_held_out_rows(exported, loader):
     checkpoint, bundle = exported
-    scoring = load(bundle)
+    scoring = loader(bundle)
     scoring.check()  # golden rows, 1e-5
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     rows = held_out_rows()
@@ -72,18 +74,24 @@ def test_program_and_module_agree_on_golden_and_held_out_rows(exported):
     scores = scoring.score({name: rows[name].tolist() for name in scoring.manifest["preprocessing"]})
     for task, head in module.model.heads.items():
         np.testing.assert_allclose(scores[task], head.predict(outputs[task]).numpy(), atol=1e-5, rtol=0)
+    # The batch dimension is dynamic down to one row.
     assert len(scoring.score({name: rows[name].tolist()[:1] for name in scoring.manifest["preprocessing"]})["click"]) == 1
 
 
-def test_the_bundle_scores_in_a_process_without_lightning_pluggy_or_plugins(exported, tmp_path):
+TRAINING_STACK = ("lightning", "pytorch_lightning", "pluggy", "pandas", "torchmetrics", "fusionrec_trunks",
+                  "fusionrec_heads", "fusionrec_tabular", "fusionrec_fusion", "fusionrec_balancers", "fusionrec_media")
+
+
+@pytest.mark.parametrize("loader, blocked", [("load", TRAINING_STACK), ("load_onnx", TRAINING_STACK + ("torch",))],
+                         ids=["pt2-torch-only", "onnx-without-torch"])
+def test_the_bundle_scores_in_a_process_without_the_training_stack(exported, tmp_path, loader, blocked):
     _, bundle = exported
     script = f"""
 import sys
-for blocked in ("lightning", "pytorch_lightning", "pluggy", "pandas", "torchmetrics", "fusionrec_trunks",
-                "fusionrec_heads", "fusionrec_tabular", "fusionrec_fusion", "fusionrec_balancers", "fusionrec_media"):
+for blocked in {blocked!r}:
     sys.modules[blocked] = None  # importing any of them now fails
-from fusionrec.serving import load
-bundle = load({str(bundle)!r})
+from fusionrec.serving import {loader}
+bundle = {loader}({str(bundle)!r})
 bundle.check()
 import json
 golden = json.load(open({str(bundle / "golden.json")!r}))

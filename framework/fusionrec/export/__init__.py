@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 import fusionrec
 from fusionrec.data.media import MEDIA_TYPES
 from fusionrec.errors import ConfigError
-from fusionrec.serving import GOLDEN, MANIFEST, PROGRAM
+from fusionrec.serving.bundle import GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.training.module import MultiTaskModule
 
@@ -95,17 +96,24 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
                           f"does not cover yet")
     graph = ScoringGraph(module).eval()
     inputs = golden_inputs(preprocessing)
-    features = FeatureEncoder(preprocessing)(inputs)
-    batch = torch.export.Dim("batch", min=1)
+    features = {name: torch.from_numpy(value) for name, value in FeatureEncoder(preprocessing)(inputs).items()}
+    dynamic_shapes = {"features": {name: {0: torch.export.Dim("batch", min=1)} for name in features}}
     with torch.no_grad():
         expected = graph(features)
-        program = torch.export.export(graph, (features,), dynamic_shapes=({name: {0: batch} for name in features},))
+        program = torch.export.export(graph, (), {"features": features}, dynamic_shapes=dynamic_shapes)
     checkpoint_state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    with_onnx = all(importlib.util.find_spec(package) for package in ("onnx", "onnxscript"))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         torch.export.save(program, staging / PROGRAM)
+        if with_onnx:
+            # The features dict goes in as a keyword: a trailing dict among the positional arguments
+            # would be taken for the keyword arguments.
+            onnx_program = torch.onnx.export(graph, (), kwargs={"features": features}, dynamic_shapes=dynamic_shapes,
+                                             input_names=list(features), output_names=list(expected), dynamo=True)
+            onnx_program.save(str(staging / ONNX_GRAPH))
         save_file({k: v.detach().contiguous().clone() for k, v in module.model.state_dict().items()}, staging / WEIGHTS)
         golden = {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}
         (staging / GOLDEN).write_text(json.dumps(golden))
@@ -117,7 +125,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
                         for task, head in module.model.heads.items()},
             "preprocessing": preprocessing, "out_of_vocabulary": OOV_RULE,
             "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
-            "files": {name: {"sha256": _sha256(staging / name)} for name in (PROGRAM, WEIGHTS, GOLDEN)},
+            "files": {name: {"sha256": _sha256(staging / name)}
+                      for name in (PROGRAM, ONNX_GRAPH, WEIGHTS, GOLDEN) if (staging / name).exists()},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         staging.rename(out)
@@ -134,5 +143,7 @@ def run_export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not Path(args.ckpt).is_file():
         raise ConfigError(f"--ckpt {args.ckpt}: no such file")
-    print(f"wrote {export_bundle(args.ckpt, args.out)}")
+    bundle = export_bundle(args.ckpt, args.out)
+    print(f"wrote {bundle}" + ("" if (bundle / ONNX_GRAPH).exists() else
+                                f" (no {ONNX_GRAPH}: pip install 'fusionrec[onnx]' for it)"))
     return 0

@@ -1,58 +1,33 @@
-"""Load an exported bundle and score raw rows with torch alone (no Lightning, no pluggy, no plugins).
+"""Load an exported bundle and score raw rows without fusionrec's training stack.
 
     from fusionrec.serving import load
-    bundle = load("bundle/")
+    bundle = load("bundle/")                 # the torch.export program: needs torch only
+    # bundle = load_onnx("bundle/")          # the ONNX graph: needs onnxruntime and numpy only
     scores = bundle.score({"user_id": ["u7", "u9"], "item_id": [31, 4], "price": [9.5, None], ...})
     # {"click": array([...]), "watch_time": array([...])}
 
 ``bundle.check()`` scores the bundle's golden rows and compares them with the outputs recorded at
-export: run it once after loading in a new service.
+export: run it once after loading in a new service. Neither loader imports Lightning, pluggy,
+pandas or any fusionrec plugin; each imports its runtime only when called.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
 
-import numpy as np
-import torch
+from fusionrec.serving.bundle import Bundle
+from fusionrec.serving.features import RequestError
 
-from fusionrec.serving.features import FeatureEncoder, RequestError
-
-MANIFEST, PROGRAM, GOLDEN = "manifest.json", "model.pt2", "golden.json"
-
-__all__ = ["ScoringBundle", "RequestError", "load"]
+__all__ = ["Bundle", "RequestError", "load", "load_onnx"]
 
 
-class ScoringBundle:
-    """A bundle's scoring program with its manifest and feature encoding."""
+def load(directory: str | Path) -> Bundle:
+    from fusionrec.serving.program import ProgramBundle
 
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.manifest = json.loads((directory / MANIFEST).read_text())
-        self.encode = FeatureEncoder(self.manifest["preprocessing"])
-        self.program = torch.export.load(directory / PROGRAM).module()
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.manifest["outputs"])
-
-    @torch.no_grad()
-    def score(self, rows: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
-        """``{field: [B] raw values}`` -> ``{task: [B] (or [B, C]) served scores}``."""
-        outputs = self.program(self.encode(rows))
-        return {task: outputs[task].numpy() for task in self.tasks}
-
-    def check(self, tolerance: float = 1e-5) -> None:
-        """Raise if the golden rows do not score as they did at export."""
-        golden = json.loads((self.directory / GOLDEN).read_text())
-        scores = self.score(golden["inputs"])
-        for task, expected in golden["outputs"].items():
-            if not np.allclose(scores[task], np.asarray(expected), atol=tolerance, rtol=0):
-                raise AssertionError(f"{self.directory}: task '{task}' scores differ from the golden outputs "
-                                     f"by up to {np.abs(scores[task] - np.asarray(expected)).max():.3g}")
+    return ProgramBundle(directory)
 
 
-def load(directory: str | Path) -> ScoringBundle:
-    return ScoringBundle(Path(directory))
+def load_onnx(directory: str | Path) -> Bundle:
+    from fusionrec.serving.onnx_runtime import OnnxBundle
+
+    return OnnxBundle(directory)

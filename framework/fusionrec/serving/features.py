@@ -1,7 +1,8 @@
 """Raw feature values -> the model's input tensors, from a bundle's manifest alone.
 
 The same rules as :mod:`fusionrec.data.preprocessing` (tests hold the two together), written with
-numpy and torch only so that a scoring service needs neither pandas nor the training stack: ids
+numpy only so that a scoring service needs neither pandas nor the training stack (nor torch, for
+the ONNX Runtime path): ids
 are matched as strings (7, 7.0 and "7" are one id), vocabulary entry i has id i + 2, 0 is padding
 and 1 the out-of-vocabulary id that unknown and missing values share; numerics are standardised
 with the training mean and std and carry a missing flag.
@@ -14,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 PADDING, OUT_OF_VOCABULARY, RESERVED = 0, 1, 2
 
@@ -39,8 +39,8 @@ class FeatureEncoder:
         self.ids = {name: {token: i + RESERVED for i, token in enumerate(entry["vocabulary"])}
                     for name, entry in self.fields.items() if "vocabulary" in entry}
 
-    def __call__(self, rows: Mapping[str, Sequence[Any]]) -> dict[str, torch.Tensor]:
-        """``{field: [B] raw values}`` -> ``{field: tensor}``; every field required, all of one length."""
+    def __call__(self, rows: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+        """``{field: [B] raw values}`` -> ``{field: array}``; every field required, all of one length."""
         missing = [name for name in self.fields if name not in rows]
         if missing:
             raise RequestError(f"missing field(s): {', '.join(missing)}")
@@ -49,11 +49,11 @@ class FeatureEncoder:
             raise RequestError(f"fields differ in length: {lengths}")
         return {name: self._encode(name, list(rows[name])) for name in self.fields}
 
-    def _encode(self, name: str, values: list[Any]) -> torch.Tensor:
+    def _encode(self, name: str, values: list[Any]) -> np.ndarray:
         entry, kind = self.fields[name], self.fields[name]["type"]
         if kind == "categorical":
             ids = self.ids[name]
-            return torch.tensor([ids.get(_token(v), OUT_OF_VOCABULARY) for v in values], dtype=torch.long)
+            return np.array([ids.get(_token(v), OUT_OF_VOCABULARY) for v in values], dtype=np.int64)
         if kind == "multi_categorical":
             ids, width = self.ids[name], entry["max_length"]
             out = np.full((len(values), width), PADDING, dtype=np.int64)
@@ -61,7 +61,7 @@ class FeatureEncoder:
                 parts = cell.split(entry["separator"]) if isinstance(cell, str) else list(cell or [])
                 tokens = [ids.get(_token(p), OUT_OF_VOCABULARY) for p in parts if _token(p)][:width]
                 out[row, :len(tokens)] = tokens
-            return torch.from_numpy(out)
+            return out
         if kind == "numeric":
             numbers = np.empty(len(values))
             for row, value in enumerate(values):
@@ -74,7 +74,7 @@ class FeatureEncoder:
                     raise RequestError(f"field '{name}': expected a number, got {value!r} (row {row})") from None
             missing = ~np.isfinite(numbers)
             standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"])
-            return torch.from_numpy(np.stack([standardised, missing], axis=1).astype(np.float32))
+            return np.stack([standardised, missing], axis=1).astype(np.float32)
         if kind == "vector":
             out = np.zeros((len(values), entry["width"]), dtype=np.float32)
             for row, cell in enumerate(values):
@@ -85,5 +85,5 @@ class FeatureEncoder:
                     raise RequestError(f"field '{name}': expected {entry['width']} numbers, got shape "
                                        f"{vector.shape} (row {row})")
                 out[row] = vector
-            return torch.from_numpy(out)
+            return out
         raise RequestError(f"field '{name}': the bundle has no encoding for feature type {kind!r}")
