@@ -10,6 +10,3 @@ from fusionrec.components import LossBalancer
 class FixedWeights(LossBalancer):
     def forward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> Tensor:
         return self.weighted_sum(losses)
-
-    def task_weights(self) -> dict[str, float]:
-        return dict(zip(self.tasks, self.alpha.tolist()))

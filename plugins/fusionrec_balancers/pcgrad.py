@@ -33,6 +33,3 @@ class ProjectingConflictingGradients(LossBalancer):
                     dot = (projected[i] @ grads[j]).clamp(max=0)
                     projected[i] -= dot / squared_norms[j] * grads[j]
         return weighted.sum() + self.gradient_correction(shared, (projected - grads).sum(0))
-
-    def task_weights(self) -> dict[str, float]:
-        return dict(zip(self.tasks, self.alpha.tolist()))

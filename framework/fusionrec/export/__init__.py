@@ -141,8 +141,6 @@ def run_export(argv: list[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="a fusionrec checkpoint")
     parser.add_argument("--out", required=True, help="the bundle directory to create")
     args = parser.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        raise ConfigError(f"--ckpt {args.ckpt}: no such file")
     bundle = export_bundle(args.ckpt, args.out)
     print(f"wrote {bundle}" + ("" if (bundle / ONNX_GRAPH).exists() else
                                 f" (no {ONNX_GRAPH}: pip install 'fusionrec[onnx]' for it)"))

@@ -310,6 +310,8 @@ MANIFEST_SLOTS = {"encoders": "encoders", "fusion": "fusions", "trunk": "trunks"
 def require_installed_components(checkpoint_path: str | Path, registry: Registry) -> None:
     """Every component in the checkpoint's manifest (``checkpoint["fusionrec"]["components"]``) must
     be registered; otherwise a ConfigError names it and the distribution that provided it."""
+    if not Path(checkpoint_path).is_file():
+        raise ConfigError(f"{checkpoint_path}: no such checkpoint file")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     manifest = checkpoint.get("fusionrec", {}).get("components", {})
     for section, slot in MANIFEST_SLOTS.items():
