@@ -4,20 +4,22 @@ scratch) and ``audio_pretrained`` (a torchaudio wav2vec2-style bundle)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusionrec.components import FieldInfo
 from fusionrec.errors import ConfigError
-from fusionrec_media.base import MediaEncoder, MediaProblem, existing_file
+from fusionrec.serving.content import SPEC_VERSION, waveform
+from fusionrec_media.base import MediaEncoder
 
 
 class AudioEncoder(MediaEncoder):
-    """Shared preprocessing: decode with soundfile, mix to mono, resample to ``sample_rate``, then
-    centre-crop or zero-pad to ``duration`` seconds: ``prepare -> {"waveform": [U, samples]}``."""
+    """Shared preprocessing (:func:`fusionrec.serving.content.waveform`, shared with exported bundles):
+    decode with soundfile, mix to mono, resample to ``sample_rate``, then centre-crop or zero-pad to
+    ``duration`` seconds: ``prepare -> {"waveform": [U, samples]}``."""
 
     sample_rate: int
     duration: float
@@ -33,31 +35,14 @@ class AudioEncoder(MediaEncoder):
                 "present": present, "problems": problems}
 
     def read_waveform(self, content: Any) -> Tensor:
-        import soundfile  # imported here: a missing libsndfile only matters to runs with audio
-        from torchaudio.functional import resample
-
-        path = existing_file(content)
-        try:
-            data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        except Exception as error:  # libsndfile errors for a corrupt or unsupported file
-            raise MediaProblem(f"cannot decode audio: {type(error).__name__}: {error}") from error
-        if data.shape[0] == 0:
-            raise MediaProblem("no audio samples")
-        wave = torch.from_numpy(data).mean(dim=1)
-        if rate != self.sample_rate:
-            wave = resample(wave, int(rate), int(self.sample_rate))
-        return fit_length(wave, self.num_samples)
+        return torch.from_numpy(waveform(content, self.sample_rate, self.num_samples))
 
     def preprocessing(self) -> dict:
         return {"sample_rate": self.sample_rate, "duration": self.duration}
 
-
-def fit_length(wave: Tensor, num_samples: int) -> Tensor:
-    """Keep the middle ``num_samples`` of a long clip; pad a short one with silence at the end."""
-    if wave.numel() >= num_samples:
-        start = (wave.numel() - num_samples) // 2
-        return wave[start:start + num_samples].contiguous()
-    return F.pad(wave, (0, num_samples - wave.numel()))
+    def serving_spec(self, assets: Path) -> dict:
+        return {"kind": "audio", "version": SPEC_VERSION, "sample_rate": self.sample_rate,
+                "num_samples": self.num_samples}
 
 
 class CnnAudioEncoder(AudioEncoder):

@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo
 from fusionrec.errors import DataError
+# Why one item could not be read; becomes a ``problems`` entry, or a DataError when strict. Shared
+# with the serving package, whose content preparation the image and audio encoders reuse.
+from fusionrec.serving.content import ContentError as MediaProblem
 from fusionrec_media.freezing import apply_mode, validate_mode
 
-
-class MediaProblem(Exception):
-    """Why one item could not be read; becomes a ``problems`` entry, or a DataError when strict."""
 
 
 class MediaEncoder(FieldEncoder):
@@ -82,6 +82,11 @@ class MediaEncoder(FieldEncoder):
     def preprocessing(self) -> dict:
         raise NotImplementedError
 
+    def serving_spec(self, assets: Path) -> dict:
+        """How a bundle prepares this encoder's content: a :mod:`fusionrec.serving.content` spec; files it
+        names (a tokenizer) are written under ``assets``. An encoder without one cannot be exported."""
+        raise NotImplementedError(f"the '{self.name}' encoder cannot be exported: it has no serving spec")
+
     def encode(self, inputs: dict[str, Tensor]) -> Tensor:
         """``[U, width]`` float32 features; zeros for items that are not present, so a placeholder
         never reaches the model as if it were content."""
@@ -113,16 +118,6 @@ class MediaEncoder(FieldEncoder):
                 problems.append((content, str(problem)))
         present = torch.tensor([item is not None for item in items], dtype=torch.bool)
         return items, present, problems
-
-
-def existing_file(content: Any) -> Path:
-    """The path named by ``content``, or a MediaProblem saying why there is none."""
-    if content is None or (isinstance(content, float) and content != content) or not str(content).strip():
-        raise MediaProblem("no path given")
-    path = Path(str(content))
-    if not path.is_file():
-        raise MediaProblem("file not found")
-    return path
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from fusionrec.components import FieldInfo
 from fusionrec.errors import ConfigError
-from fusionrec_media.base import MediaEncoder, MediaProblem, existing_file
+from fusionrec.serving.content import SPEC_VERSION, image_pixels
+from fusionrec_media.base import MediaEncoder
 from fusionrec_media.freezing import longest_module_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,9 +24,11 @@ class ImageEncoder(MediaEncoder):
     classifier: resnet ``fc``, mobilenet/efficientnet/convnext ``classifier[-1]``, vit
     ``heads.head``) replaced by ``nn.Identity``: image paths ``-> [U, dim]``.
 
-    Preprocessing: with ``weights`` (``DEFAULT``, ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``)
-    the weights' own transforms, and ``image_size``/``mean``/``std`` are ignored; without, resize the
-    short side to ``image_size``, centre-crop to a square, scale to [0, 1] and normalise.
+    Preprocessing (:func:`fusionrec.serving.content.image_pixels`, shared with exported bundles): resize
+    the short side (bilinear), centre-crop a square, scale to [0, 1] and normalise. With ``weights``
+    (``DEFAULT``, ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``) the sizes, mean and std are
+    the weights' own (e.g. 256 then 224) and ``image_size``/``mean``/``std`` are ignored; without,
+    both sizes are ``image_size``.
     ``finetune_top`` counts blocks: a ResNet's ``layer1``..``layer4``, else the children of
     ``.features`` (mobilenet, efficientnet, convnext, vgg...), else the longest block list (vit's
     ``encoder.layers``).
@@ -41,7 +44,6 @@ class ImageEncoder(MediaEncoder):
                          strict=strict)
         # Imported here: the registry loads every plugin at start-up, runs without images needn't pay.
         from torchvision.models import get_model, get_model_weights
-        from torchvision.transforms import v2
 
         try:
             weight = get_model_weights(backbone).verify(weights) if weights else None
@@ -50,36 +52,36 @@ class ImageEncoder(MediaEncoder):
             raise ConfigError(f"{self.key}: cannot build torchvision model {backbone!r} with weights "
                               f"{weights!r}: {type(error).__name__}: {error}") from error
         width = remove_classifier(network, f"{self.key}.backbone")
-        if weight is not None:
-            self.transform = weight.transforms()
+        if weight is not None:  # the sizes and statistics the weights were trained with
+            transforms = weight.transforms()
+            self.resize, self.crop = transforms.resize_size[0], transforms.crop_size[0]
+            mean, std = transforms.mean, transforms.std
         else:
-            self.transform = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
-                                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+            self.resize = self.crop = image_size
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.backbone_name = backbone
         self.weights = str(weight) if weight is not None else None  # DEFAULT resolved to the real name
-        self.pixel_shape = tuple(self.transform(Image.new("RGB", (8, 8))).shape)  # for missing images
         self.attach_backbone(network, width, feature_blocks(network))
 
     def prepare(self, contents: list) -> dict[str, Any]:
         images, present, problems = self.collect(contents, self.read_image)
-        pixels = [image if image is not None else torch.zeros(self.pixel_shape) for image in images]
-        return {"pixels": torch.stack(pixels) if pixels else torch.zeros(0, *self.pixel_shape),
+        pixels = [image if image is not None else torch.zeros(3, self.crop, self.crop) for image in images]
+        return {"pixels": torch.stack(pixels) if pixels else torch.zeros(0, 3, self.crop, self.crop),
                 "present": present, "problems": problems}
 
     def read_image(self, content: Any) -> Tensor:
-        path = existing_file(content)
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
-            raise MediaProblem(f"cannot decode image: {type(error).__name__}: {error}") from error
-        return self.transform(rgb)
+        return torch.from_numpy(image_pixels(content, self.resize, self.crop, self.mean, self.std))
 
     def extract(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.backbone(inputs["pixels"])
 
     def preprocessing(self) -> dict:
-        return {"backbone": self.backbone_name, "weights": self.weights, "transform": repr(self.transform)}
+        return {"backbone": self.backbone_name, "weights": self.weights, "resize": self.resize, "crop": self.crop,
+                "mean": self.mean, "std": self.std}
+
+    def serving_spec(self, assets: Path) -> dict:
+        return {"kind": "image", "version": SPEC_VERSION, "resize": self.resize, "crop": self.crop,
+                "mean": self.mean, "std": self.std}
 
 
 def remove_classifier(network: nn.Module, key: str) -> int:

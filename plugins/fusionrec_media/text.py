@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from fusionrec.components import FieldInfo
 from fusionrec.errors import ConfigError
+from fusionrec.serving.content import SPEC_VERSION
 from fusionrec_media.base import MediaEncoder, MediaProblem
 from fusionrec_media.freezing import longest_module_list
 
@@ -66,6 +67,18 @@ class TextEncoder(MediaEncoder):
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+    def serving_spec(self, assets: Path) -> dict:
+        """The tokenizer as a ``tokenizer.json`` (the ``tokenizers`` package reads it without transformers)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise NotImplementedError(f"{self.key}: the tokenizer of {self.model!r} has no fast (tokenizers) "
+                                      f"version, which an exported bundle needs")
+        assets.mkdir(parents=True, exist_ok=True)
+        backend.save(str(assets / "tokenizer.json"))
+        return {"kind": "text", "version": SPEC_VERSION, "tokenizer": "tokenizer.json", "max_length": self.max_length,
+                "pad_id": self.tokenizer.pad_token_id, "pad_token": self.tokenizer.pad_token,
+                "padding_side": self.tokenizer.padding_side}
 
     def preprocessing(self) -> dict:
         return {"model": self.model, "max_length": self.max_length, "pooling": self.pooling,

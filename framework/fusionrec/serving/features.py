@@ -11,12 +11,18 @@ with the training mean and std and carry a missing flag.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 PADDING, OUT_OF_VOCABULARY, RESERVED = 0, 1, 2
+CONTENT_TYPES = ("text", "image", "audio")  # fusionrec.data.media.MEDIA_TYPES, without importing pandas
+
+
+def present_input(field: str) -> str:
+    """The scoring graph's input saying which rows of a content field have content."""
+    return f"{field}.present"
 
 
 class RequestError(ValueError):
@@ -32,10 +38,13 @@ def _token(value: Any) -> str | None:
 
 
 class FeatureEncoder:
-    """Built from the manifest's ``preprocessing`` section: ``{field: {type, ...fitted state}}``."""
+    """Built from the manifest's ``preprocessing`` section: ``{field: {type, ...fitted state}}``.
+    ``item_vectors(field, values) -> ([B, D], Bool[B])`` encodes content fields (see ``Bundle``)."""
 
-    def __init__(self, preprocessing: Mapping[str, Mapping[str, Any]]):
+    def __init__(self, preprocessing: Mapping[str, Mapping[str, Any]],
+                 item_vectors: Callable[[str, list], tuple[np.ndarray, np.ndarray]] | None = None):
         self.fields = dict(preprocessing)
+        self.item_vectors = item_vectors
         self.ids = {name: {token: i + RESERVED for i, token in enumerate(entry["vocabulary"])}
                     for name, entry in self.fields.items() if "vocabulary" in entry}
 
@@ -47,7 +56,13 @@ class FeatureEncoder:
         lengths = {name: len(rows[name]) for name in self.fields}
         if len(set(lengths.values())) > 1:
             raise RequestError(f"fields differ in length: {lengths}")
-        return {name: self._encode(name, list(rows[name])) for name in self.fields}
+        encoded = {}
+        for name, entry in self.fields.items():
+            if entry["type"] in CONTENT_TYPES:
+                encoded[name], encoded[present_input(name)] = self.item_vectors(name, list(rows[name]))
+            else:
+                encoded[name] = self._encode(name, list(rows[name]))
+        return encoded
 
     def _encode(self, name: str, values: list[Any]) -> np.ndarray:
         entry, kind = self.fields[name], self.fields[name]["type"]

@@ -1,4 +1,4 @@
-"""The ONNX graph of a bundle, run with onnxruntime and numpy (no torch)."""
+"""The ONNX graphs of a bundle, run with onnxruntime and numpy (no torch)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ import onnxruntime
 from fusionrec.serving.bundle import ONNX_GRAPH, Bundle
 
 
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 class OnnxBundle(Bundle):
     def __init__(self, directory: str | Path):
         super().__init__(directory)
-        self.session = onnxruntime.InferenceSession(str(self.directory / ONNX_GRAPH), providers=["CPUExecutionProvider"])
+        self.session = _session(self.directory / ONNX_GRAPH)
+        self.item_encoders = {field: _session(self.directory / entry["onnx"])
+                              for field, entry in self.content_fields.items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.tasks, inputs)
         return dict(zip(self.tasks, outputs))
+
+    def run_item_encoder(self, field: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.item_encoders[field].run(None, inputs)[0]

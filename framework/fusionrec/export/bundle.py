@@ -1,0 +1,194 @@
+"""Write a bundle: a checkpoint -> the directory described in :mod:`fusionrec.export`."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+import fusionrec
+from fusionrec.data.media import MEDIA_TYPES, MediaBatch
+from fusionrec.errors import ConfigError
+from fusionrec.export import golden
+from fusionrec.export.evaluation import test_split_metrics
+from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
+from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
+                                      present_input)
+from fusionrec.serving.content import ContentPreparer
+from fusionrec.serving.features import FeatureEncoder
+from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
+from fusionrec.training.module import MultiTaskModule
+
+WEIGHTS = "weights.safetensors"
+OOV_RULE = ("ids are matched as strings (7, 7.0 and '7' are one id); vocabulary[i] has id i + 2; 0 is "
+            "padding; unknown and missing values take id 1, the out-of-vocabulary embedding")
+CONTENT_RULE = ("a content field takes, per row, its raw content (a text, or an image/audio file path), "
+                "its item vector from the field's item encoder (a list of numbers), or null (no content)")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _signature(features: dict[str, Tensor], preprocessing: dict[str, dict]) -> list[dict[str, Any]]:
+    """The scoring graph's inputs; a content field's item vector and its presence flag are optional
+    in a request, where the raw content may stand instead."""
+    signature = []
+    for name, value in features.items():
+        field = name.removesuffix(".present") if name not in preprocessing else name
+        signature.append({"name": name, "field": field, "type": preprocessing[field]["type"],
+                          "dtype": str(value.dtype).removeprefix("torch."), "shape": ["batch", *value.shape[1:]]})
+    return signature
+
+
+class BundleWriter:
+    """Everything export computes from one checkpoint, written into a staging directory."""
+
+    def __init__(self, checkpoint: str | Path, staging: Path, with_onnx: bool):
+        self.checkpoint = Path(checkpoint)
+        self.staging = staging
+        self.with_onnx = with_onnx
+        self.module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+        self.preprocessing = self.module.hparams.preprocessing["features"]
+        self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
+        self.specs: dict[str, dict] = {}
+
+    def write_item_encoders(self) -> dict[str, dict[str, Any]]:
+        """Per content field: its content spec and assets, and its item-encoder programs."""
+        entries = {}
+        for name, encoder in self.content.items():
+            assets = self.staging / ASSETS / name
+            try:
+                spec = encoder.serving_spec(assets)
+            except NotImplementedError as error:
+                raise ConfigError(f"{self.checkpoint}: field '{name}': {error}") from None
+            self.specs[name] = spec
+            items = golden.content_items(name, spec, self.staging)
+            prepared = self._prepare(name, items)
+            dynamic = {key: {0: torch.export.Dim(f"{name}_items", min=1)} for key in prepared}
+            if spec["kind"] == "text":  # token sequences are as long as the batch's longest text
+                tokens = torch.export.Dim(f"{name}_tokens", min=1, max=spec["max_length"])
+                for key in ("input_ids", "attention_mask"):
+                    dynamic[key][1] = tokens
+            pt2, onnx = item_encoder_files(name)
+            write_programs(ItemEncoderGraph(encoder).eval(), "inputs", prepared, dynamic, ["vector"],
+                           self.staging / pt2, self.staging / onnx if self.with_onnx else None)
+            entries[name] = {"content": spec, "dim": encoder.output_dim, "program": pt2,
+                             "onnx": onnx if self.with_onnx else None, "inputs": list(prepared)}
+        return entries
+
+    def _prepare(self, name: str, items: list) -> dict[str, Tensor]:
+        """The item encoder's inputs for ``items`` as the bundle prepares them (files relative to it)."""
+        prepared = ContentPreparer(self.specs[name], self.staging / ASSETS / name)(
+            [str(self.staging / item) if self.specs[name]["kind"] != "text" else item for item in items])
+        prepared.pop("problems")
+        return {key: torch.from_numpy(value) for key, value in prepared.items()}
+
+    def golden_rows(self) -> tuple[dict[str, list], dict[str, Tensor]]:
+        """The golden inputs as a service sends them, and the features the module scores them from:
+        content prepared by the training encoders' own ``prepare`` (so training and bundle preparation
+        are compared too), tabular values through the bundle's encoder (tested against the training one)."""
+        tabular = {name: entry for name, entry in self.preprocessing.items() if entry["type"] not in MEDIA_TYPES}
+        inputs = golden.tabular_inputs(tabular)
+        features: dict[str, Tensor | MediaBatch] = {
+            name: torch.from_numpy(value) for name, value in FeatureEncoder(tabular)(inputs).items()}
+        for name, encoder in self.content.items():
+            items = golden.content_items(name, self.specs[name], self.staging)
+            absolute = [str(self.staging / item) if self.specs[name]["kind"] != "text" else item for item in items]
+            # The items plus one without content, which the rows without content point at.
+            prepared = dict(encoder.prepare(absolute + [None]))
+            prepared.pop("problems")
+            codes = [len(items) if i is None else i for i in golden.CONTENT_ITEMS]
+            features[name] = MediaBatch(prepared, prepared["present"], torch.tensor(codes))
+            with torch.no_grad():
+                vector = encoder(self._prepare(name, [items[golden.CONTENT_ITEMS[golden.VECTOR_ROW]]]))[0]
+            inputs[name] = [None if i is None else items[i] for i in golden.CONTENT_ITEMS]
+            inputs[name][golden.VECTOR_ROW] = vector.tolist()
+        return inputs, features
+
+    def write(self, fused_score: dict | None, metrics: dict[str, float] | None) -> None:
+        item_encoders = self.write_item_encoders()
+        inputs, module_features = self.golden_rows()
+        with torch.no_grad():
+            outputs = self.module.model(module_features)
+        expected = {task: head.predict(outputs[task]) for task, head in self.module.model.heads.items()}
+
+        # The scoring graph's example: the golden rows with content as item vectors.
+        graph = ScoringGraph(self.module.model, list(self.content)).eval()
+        tabular = {name: entry for name, entry in self.preprocessing.items() if entry["type"] not in MEDIA_TYPES}
+        example = {name: torch.from_numpy(v) for name, v in FeatureEncoder(tabular)({n: inputs[n] for n in tabular}).items()}
+        for name, content in self.module.content_fields().items():
+            with torch.no_grad():
+                example[name] = content(module_features[name])  # missing rows hold the missing vector
+            example[present_input(name)] = module_features[name].present_rows()
+        batch = torch.export.Dim("batch", min=1)
+        write_programs(graph, "features", example, {name: {0: batch} for name in example}, list(expected),
+                       self.staging / PROGRAM, self.staging / ONNX_GRAPH if self.with_onnx else None)
+        save_file({k: v.detach().contiguous().clone() for k, v in self.module.model.state_dict().items()},
+                  self.staging / WEIGHTS)
+        (self.staging / GOLDEN).write_text(json.dumps(
+            {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}))
+        checkpoint_state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        manifest = {
+            "format": "fusionrec-bundle", "format_version": 1,
+            "fusionrec": fusionrec.__version__, "torch": str(torch.__version__),
+            "inputs": _signature(example, self.preprocessing),
+            "outputs": {task: {"kind": head.score_kind, "shape": ["batch", *expected[task].shape[1:]]}
+                        for task, head in self.module.model.heads.items()},
+            "preprocessing": self.preprocessing, "out_of_vocabulary": OOV_RULE,
+            "content": {"rule": CONTENT_RULE, "fields": item_encoders},
+            "fused_score": fused_score,
+            "test_metrics": metrics,
+            "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
+            "files": {str(path.relative_to(self.staging)): {"sha256": _sha256(path)}
+                      for path in sorted(self.staging.rglob("*")) if path.is_file()},
+        }
+        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | None = None,
+                  combine: str = "product", test_metrics: bool = True) -> Path:
+    """Write the bundle of ``checkpoint`` to the directory ``out`` (which must not exist yet).
+    ``score``/``combine``: the fused score ``POST /recommend`` ranks by (see ``fusionrec recommend``)."""
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out {out}: already exists; choose a new directory")
+    with_onnx = all(importlib.util.find_spec(package) for package in ("onnx", "onnxscript"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        writer = BundleWriter(checkpoint, staging, with_onnx)
+        tasks = list(writer.module.model.heads)
+        fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
+        metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None
+        writer.write(fused, metrics)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def run_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fusionrec export", description="Write a checkpoint's serving bundle.")
+    parser.add_argument("--ckpt", required=True, help="a fusionrec checkpoint")
+    parser.add_argument("--out", required=True, help="the bundle directory to create")
+    parser.add_argument("--score", help="the fused score POST /recommend ranks by, YAML: {task: weight} or "
+                                        "{task: {weight: W, offset: C}}")
+    parser.add_argument("--combine", default="product", choices=COMBINATIONS, help="how --score combines tasks")
+    parser.add_argument("--skip-test-metrics", action="store_true",
+                        help="do not evaluate the checkpoint on its test split (e.g. when its data is not here)")
+    args = parser.parse_args(argv)
+    bundle = export_bundle(args.ckpt, args.out, args.score, args.combine, not args.skip_test_metrics)
+    print(f"wrote {bundle}" + ("" if (bundle / ONNX_GRAPH).exists() else
+                                f" (no ONNX graphs: pip install 'fusionrec[onnx]' for them)"))
+    return 0

@@ -1,0 +1,33 @@
+"""The checkpoint's metrics on its test split, for the bundle's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+
+from fusionrec.data.datamodule import MultiTaskDataModule
+from fusionrec.errors import ConfigError
+from fusionrec.training.module import MultiTaskModule
+
+
+def test_split_metrics(checkpoint: str | Path, module: MultiTaskModule) -> dict[str, float]:
+    """Rebuild the checkpoint's data module (its saved settings, the checkpoint's fitted preprocessing) and
+    evaluate ``module`` on the test split: ``{"test/click/auc": ..., "test/loss": ...}``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    settings = state.get("datamodule_hyper_parameters")
+    if not settings:
+        raise ConfigError(f"{checkpoint}: the checkpoint does not record its data settings, so its test split "
+                          f"cannot be evaluated; export with --skip-test-metrics")
+    # LightningCLI adds private entries (``_instantiator``) to the saved settings.
+    datamodule = MultiTaskDataModule(**{key: value for key, value in settings.items() if not key.startswith("_")})
+    datamodule.use_checkpoint(str(checkpoint))
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    datamodule.setup("test")
+    if "test" not in datamodule.tables:
+        raise ConfigError(f"{checkpoint}: its data settings have no test split; export with --skip-test-metrics")
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    module.eval()
+    return {name: float(value) for name, value in sorted(metrics.items())}

@@ -1,0 +1,66 @@
+"""Golden rows: raw inputs that exercise every encoding path, written into the bundle with the scores
+the trained module gives them, so an importing service can check itself (``Bundle.check()``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROWS = 8
+# Content rows: distinct items, a repeated one (batches carry each item once) and a row without content.
+# Row 7 repeats item 2; the bundle's golden file gives it as item 2's precomputed vector instead.
+CONTENT_ITEMS = [0, 1, 2, 3, 0, 1, None, 2]
+VECTOR_ROW = 7
+GOLDEN_FILES = "golden"  # the image and audio files the golden rows name, relative to the bundle
+
+
+def tabular_inputs(preprocessing: dict[str, dict[str, Any]]) -> dict[str, list]:
+    """Raw values drawn from the fitted state (seeded): known ids and one unknown, numbers around the
+    training mean and one missing."""
+    rng = np.random.default_rng(0)
+    inputs: dict[str, list] = {}
+    for name, entry in preprocessing.items():
+        kind = entry["type"]
+        if kind == "categorical":
+            known = [str(rng.choice(entry["vocabulary"])) if entry["vocabulary"] else "?" for _ in range(ROWS - 1)]
+            inputs[name] = known + ["never-seen-at-training"]
+        elif kind == "multi_categorical":
+            vocabulary = entry["vocabulary"] or ["?"]
+            inputs[name] = [entry["separator"].join(map(str, rng.choice(vocabulary, size=2))) for _ in range(ROWS)]
+        elif kind == "numeric":
+            inputs[name] = [float(entry["mean"] + entry["std"] * rng.normal()) for _ in range(ROWS - 1)] + [None]
+        elif kind == "vector":
+            inputs[name] = rng.normal(size=(ROWS, entry["width"])).round(4).tolist()
+    return inputs
+
+
+def content_items(field: str, spec: dict[str, Any], bundle: Path, count: int = 4) -> list[str]:
+    """``count`` items of a content field: texts, or image/audio files written under ``bundle/golden``
+    (named relative to the bundle)."""
+    rng = np.random.default_rng(0)
+    if spec["kind"] == "text":
+        return [f"golden item {i} for {field}" for i in range(count)]
+    directory = bundle / GOLDEN_FILES
+    directory.mkdir(exist_ok=True)
+    items = []
+    for i in range(count):
+        if spec["kind"] == "image":
+            from PIL import Image
+
+            # Not square and larger than the crop, so resizing and cropping both run.
+            size = (spec["crop"] + 7 + 3 * i, spec["crop"] + 2)
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            name = f"{GOLDEN_FILES}/{field}-{i}.png"
+            Image.fromarray(pixels).save(bundle / name)
+        else:
+            import soundfile
+
+            seconds = spec["num_samples"] / spec["sample_rate"] * (0.5 + 0.5 * i)  # short and long clips
+            t = np.arange(int(seconds * spec["sample_rate"])) / spec["sample_rate"]
+            wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.normal(size=len(t))
+            name = f"{GOLDEN_FILES}/{field}-{i}.wav"
+            soundfile.write(bundle / name, wave.astype(np.float32), spec["sample_rate"])
+        items.append(name)
+    return items

@@ -1,0 +1,64 @@
+"""The graphs a bundle holds, and how each is written as a torch.export program and an ONNX graph.
+
+- :class:`ScoringGraph` (``model.pt2``/``model.onnx``): ``{input: [B, ...]} -> {task: served score}``.
+  A content field enters as its item vector ``[B, D]`` plus ``"<field>.present"`` ``Bool[B]``, so a
+  service may precompute item vectors; rows without content take the model's learned missing vector.
+- :class:`ItemEncoderGraph` (``item_encoder.<field>.pt2``/``.onnx``, one per content field): the
+  prepared content of U items (token ids, pixels, waveforms) -> item vectors ``[U, D]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fusionrec.models.multitask import MultiTaskModel
+from fusionrec.serving.bundle import present_input
+
+
+class ScoringGraph(nn.Module):
+    def __init__(self, model: MultiTaskModel, content_fields: list[str]):
+        super().__init__()
+        self.model = model
+        self.content_fields = list(content_fields)
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        tabular = {name: value for name, value in features.items() if name in self.model.encoders
+                   and name not in self.content_fields}
+        present = {name: features[present_input(name)] for name in self.content_fields}  # {F: Bool[B]}
+        encoded = {name: torch.where(present[name].unsqueeze(1), features[name], self.model.encoders[name].missing)
+                   for name in self.content_fields}  # {F: [B, D_f]}
+        outputs = self.model(tabular, encoded, present)
+        return {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
+
+
+class ItemEncoderGraph(nn.Module):
+    """A content field's encoder (backbone + projection) alone: ``{input: [U, ...]} -> [U, D]``."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self.encoder(inputs)
+
+
+def write_programs(graph: nn.Module, argument: str, example: dict[str, Tensor], dynamic: dict[str, dict[int, Any]],
+                   output_names: list[str], pt2: Path, onnx: Path | None) -> Any:
+    """Export ``graph(**{argument: example})`` to ``pt2`` (and ``onnx`` unless None) with the ``dynamic``
+    dimensions; returns the graph's output on ``example``."""
+    dynamic_shapes = {argument: dynamic}
+    with torch.no_grad():
+        expected = graph(**{argument: example})
+        program = torch.export.export(graph, (), {argument: example}, dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, pt2)
+    if onnx is not None:
+        # The dict goes in as a keyword: a trailing dict among positional arguments would be taken for
+        # the keyword arguments.
+        onnx_program = torch.onnx.export(graph, (), kwargs={argument: example}, dynamic_shapes=dynamic_shapes,
+                                         input_names=list(example), output_names=output_names, dynamo=True)
+        onnx_program.save(str(onnx))
+    return expected
