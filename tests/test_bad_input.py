@@ -86,7 +86,7 @@ def test_a_wrong_type_in_a_numeric_column(tmp_path, capsys):
 
 def test_an_unknown_plugin_name_lists_the_choices(tmp_path, capsys):
     err = fit_error(tmp_path, capsys, rows(), model=lambda m: {**m, "trunk": {"name": "mmeo"}})
-    assert "model.trunk: unknown trunk 'mmeo'; available: mmoe, ple, shared_bottom" in err
+    assert "model.trunk: unknown trunk 'mmeo'; available: mmoe, pepnet, ple, scenario_towers, shared_bottom, star" in err
 
 
 def test_an_unknown_head_lists_the_choices(tmp_path, capsys):

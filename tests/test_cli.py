@@ -171,14 +171,14 @@ def test_a_checkpoint_naming_an_uninstalled_component_asks_for_its_distribution(
     _, checkpoint, _ = trained
     state = torch.load(checkpoint, weights_only=True)
     # As if the model had been trained with a trunk from a plugin this environment lacks.
-    state["fusionrec"]["components"]["trunk"] = {"name": "star", "plugin": "star_trunks.plugin",
-                                                  "distribution": "fusionrec-star", "version": "0.3.1"}
-    state["hyper_parameters"]["trunk"] = {"name": "star"}
-    edited = tmp_path / "star.ckpt"
+    state["fusionrec"]["components"]["trunk"] = {"name": "hstu", "plugin": "hstu_trunks.plugin",
+                                                  "distribution": "fusionrec-hstu", "version": "0.3.1"}
+    state["hyper_parameters"]["trunk"] = {"name": "hstu"}
+    edited = tmp_path / "hstu.ckpt"
     torch.save(state, edited)
     from fusionrec.errors import ConfigError
     from fusionrec.training.module import MultiTaskModule
-    with pytest.raises(ConfigError, match=r"trunk is the trunk 'star' from fusionrec-star 0\.3\.1.*install fusionrec-star"):
+    with pytest.raises(ConfigError, match=r"trunk is the trunk 'hstu' from fusionrec-hstu 0\.3\.1.*install fusionrec-hstu"):
         MultiTaskModule.load_from_checkpoint(edited, map_location="cpu")
     # The untouched checkpoint still loads through the same check.
     assert MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").model is not None

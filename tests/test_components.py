@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fusionrec.components import FieldInfo
+from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext
 from fusionrec.plugins import get_registry
 
 B = 5
@@ -57,9 +58,14 @@ def test_multi_categorical_ignores_padding():
 
 @pytest.mark.parametrize("name", sorted(get_registry().components["trunks"]))
 def test_every_trunk_gives_each_task_its_representation(name):
-    trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"])
+    factory = get_registry().get("trunks", name, "test").factory
     x = torch.randn(B, 12, requires_grad=True)
-    out = trunk(x)
+    if issubclass(factory, ScenarioTrunk):  # built with the scenario column, called with each row's scenario
+        trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"], Scenarios("s", 4, {"s": 3}))
+        out = trunk(x, TrunkContext(torch.randint(2, 4, (B,)), {"s": torch.randn(B, 3)}))
+    else:
+        trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"])
+        out = trunk(x)
     assert set(out) == {"click", "like"}
     for task, h in out.items():
         assert h.shape == (B, trunk.output_dims[task])

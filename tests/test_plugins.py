@@ -36,7 +36,7 @@ def test_unknown_name_lists_the_choices():
         get_registry().get("trunks", "mmeo", "model.trunk")
     message = str(error.value)
     assert "model.trunk" in message and "'mmeo'" in message
-    assert "mmoe, ple, shared_bottom" in message
+    assert "mmoe, pepnet, ple, scenario_towers, shared_bottom, star" in message
 
 
 def test_unknown_option_names_the_key_and_the_accepted_options():

@@ -205,3 +205,24 @@ def test_bad_input_is_one_line_and_writes_nothing(catalogue, capsys, change, mes
     assert error.startswith("fusionrec: error:") and len(error.splitlines()) == 1
     assert message in error
     assert not (root / "bad").exists() or not list((root / "bad").iterdir())
+
+
+def test_a_scenario_aware_trunk_ranks_with_each_users_scenario(catalogue, tmp_path):
+    """STAR reads each row's scenario id (here the users' group): recommend must hand it over."""
+    root, _ = catalogue
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["trainer"].update(max_epochs=1, callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                       "init_args": {"dirpath": str(tmp_path), "filename": "star"}}])
+    config["data"]["scenario"] = "user_group"
+    config["model"]["trunk"] = {"name": "star", "hidden": [16]}
+    assert main(["fit", "--config", str(write_config(tmp_path, config)), "--test_after_fit", "false"]) == 0
+    checkpoint = tmp_path / "star.ckpt"
+    recs = recommend(str(checkpoint), str(root / "users.parquet"), str(root / "items.parquet"), ITEMS, "{click: 1}")
+    module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    pairs = pd.read_parquet(root / "users.parquet").merge(pd.read_parquet(root / "items.parquet"), how="cross")
+    table = Preprocessor(module.hparams.preprocessing).transform(pairs, get_registry(), with_labels=False)
+    with torch.no_grad():
+        click = module.model.heads["click"].predict(module(table[list(range(len(table)))].features)["click"])
+    merged = recs.merge(pairs[["user_id", "item_id"]].assign(brute=click.numpy()), on=["user_id", "item_id"])
+    assert len(merged) == USERS * ITEMS
+    assert merged["click"].to_numpy() == pytest.approx(merged["brute"].to_numpy(), abs=1e-5)

@@ -24,6 +24,7 @@ from fusionrec.recommend.commands import run_evaluate_topk, run_recommend
 from fusionrec.reporting import write_report
 from fusionrec.reporting.command import run_report
 from fusionrec.reporting.files import run_directory
+from fusionrec.serving.command import run_serve
 from fusionrec.training.callbacks import CalibrationWriter, MetricsTable, ParquetPredictionWriter
 from fusionrec.training.module import MultiTaskModule
 
@@ -75,7 +76,21 @@ class FusionrecCLI(LightningCLI):
             self.datamodule.use_checkpoint(checkpoint)
 
     def before_fit(self) -> None:
+        self._resolve_last_checkpoint()
         self._use_checkpoint_preprocessing()
+
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last``: resume from the newest ``last.ckpt`` under the run's root directory (a
+        restarted run logs into a new version directory, where Lightning alone would find none); with
+        none there yet, start from scratch, so the same command starts a run or resumes it."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        root = Path(self.trainer.default_root_dir)
+        found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime)
+        resumed = str(found[-1]) if found else None
+        print(f"resuming from {resumed}" if resumed else f"no last.ckpt under {root}: starting from scratch")
+        config["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = resumed
 
     def after_fit(self) -> None:
         if self.config["fit"].get("test_after_fit") and "test" in self.datamodule.tables:
@@ -140,7 +155,7 @@ def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
 
 # Subcommands outside LightningCLI: each takes the rest of the command line and returns the exit code.
 OWN_SUBCOMMANDS = {"recommend": run_recommend, "evaluate-topk": run_evaluate_topk, "report": run_report,
-                   "export": run_export}
+                   "export": run_export, "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

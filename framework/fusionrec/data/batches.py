@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from fusionrec.data.media import MediaBatch, MediaColumn
 
@@ -67,28 +68,44 @@ class TensorTable(Dataset):
         return Batch(features, {k: v.index_select(0, index) for k, v in self.labels.items()}, index, groups)
 
 
-class BatchIndices(Sampler[Tensor]):
+class EpochShuffle(Sampler[Tensor]):
+    """What the batch samplers share: the epoch's permutation. It draws from torch's global generator,
+    as ``RandomSampler`` does (``seed_everything`` makes it reproducible), or, with ``seed`` set, from a
+    generator seeded with ``seed + epoch`` (Lightning calls ``set_epoch``): then every process of a
+    distributed run draws the same permutation, and a resumed run the one it would have drawn."""
+
+    shuffle: bool
+    seed: int | None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self, count: int) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(count)
+        if self.seed is None:
+            return torch.randperm(count)
+        return torch.randperm(count, generator=torch.Generator().manual_seed(self.seed + getattr(self, "epoch", 0)))
+
+
+class BatchIndices(EpochShuffle):
     """The row numbers of every batch of an epoch, each a ``LongTensor``: slices of one
-    ``randperm`` (shuffled) or of ``arange`` (in order), so no Python int is made per row.
+    permutation (shuffled) or of ``arange`` (in order), so no Python int is made per row."""
 
-    The permutation draws from torch's global generator, as ``RandomSampler`` does, so
-    ``seed_everything`` makes the order reproducible.
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, shuffle: bool):
-        self.num_rows, self.batch_size, self.shuffle = num_rows, batch_size, shuffle
+    def __init__(self, num_rows: int, batch_size: int, shuffle: bool, seed: int | None = None):
+        self.num_rows, self.batch_size, self.shuffle, self.seed = num_rows, batch_size, shuffle, seed
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        order = torch.randperm(self.num_rows) if self.shuffle else torch.arange(self.num_rows)
+        order = self.permutation(self.num_rows)
         for start in range(0, self.num_rows, self.batch_size):
             # A copy, so a kept batch (e.g. a prediction's index) doesn't pin the whole permutation.
             yield order[start:start + self.batch_size].clone()
 
 
-class GroupedBatchIndices(Sampler[Tensor]):
+class GroupedBatchIndices(EpochShuffle):
     """Like :class:`BatchIndices`, but whole groups: each epoch shuffles the order of the groups
     (not of the rows) and packs consecutive groups into batches of about ``batch_size`` rows (a
     group starts in the batch its first row falls into, so a batch can run over by one group).
@@ -98,8 +115,8 @@ class GroupedBatchIndices(Sampler[Tensor]):
     a batch leaves the next batch out, so an epoch can have fewer (a loader stops at either).
     """
 
-    def __init__(self, sizes: Tensor, batch_size: int, shuffle: bool):
-        self.sizes, self.batch_size, self.shuffle = sizes, batch_size, shuffle
+    def __init__(self, sizes: Tensor, batch_size: int, shuffle: bool, seed: int | None = None):
+        self.sizes, self.batch_size, self.shuffle, self.seed = sizes, batch_size, shuffle, seed
         self.starts = torch.cumsum(sizes, 0) - sizes
 
     def _packing(self, order: Tensor) -> tuple[Tensor, Tensor]:
@@ -115,10 +132,44 @@ class GroupedBatchIndices(Sampler[Tensor]):
         return -(-int(self.sizes.sum()) // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        order = torch.randperm(len(self.sizes)) if self.shuffle else torch.arange(len(self.sizes))
-        rows, counts = self._packing(order)
+        rows, counts = self._packing(self.permutation(len(self.sizes)))
         for batch in torch.split(rows, counts.tolist()):
             yield batch.clone()
+
+
+class DistributedBatches(DistributedSampler):
+    """The batches of ``batches`` (a :class:`BatchIndices` or :class:`GroupedBatchIndices` with a
+    ``seed``, so that every process draws the same permutation) split between the processes of a
+    distributed run: process ``rank`` takes batches rank, rank + W, ...
+
+    Training (``pad``) repeats the epoch's first batches so that every process runs the same number of
+    steps, which DDP's gradient all-reduce needs; evaluation never pads, so each row is counted once
+    (processes may then run one batch more or less: metrics synchronise at the epoch's end).
+
+    A ``DistributedSampler`` so that Lightning does not wrap it in another one.
+    """
+
+    def __init__(self, batches: BatchIndices | GroupedBatchIndices, num_replicas: int, rank: int, pad: bool):
+        if batches.shuffle and batches.seed is None:
+            raise ValueError("distributed shuffling needs a seed shared by every process")
+        super().__init__(range(len(batches)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.batches, self.pad = batches, pad
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        total = len(self.batches)
+        if self.pad:
+            return -(-total // self.num_replicas)
+        return len(range(self.rank, total, self.num_replicas))
+
+    def __iter__(self) -> Iterator[Tensor]:
+        epoch = list(self.batches)
+        if self.pad and len(epoch) % self.num_replicas:
+            epoch += epoch[:self.num_replicas - len(epoch) % self.num_replicas]
+        return iter(epoch[self.rank::self.num_replicas])
 
 
 def group_sizes(groups: Tensor) -> Tensor:
@@ -126,13 +177,20 @@ def group_sizes(groups: Tensor) -> Tensor:
     return torch.unique_consecutive(groups, return_counts=True)[1]
 
 
-def batch_loader(table: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
-                 sampler: Sampler | None = None) -> DataLoader:
-    """Batches of ``table`` (gathered whole by its ``__getitem__``) drawn by ``sampler``; by default
-    :class:`GroupedBatchIndices` for a table with groups, :class:`BatchIndices` otherwise."""
-    if sampler is None:
-        groups = getattr(table, "groups", None)
-        sampler = (BatchIndices(len(table), batch_size, shuffle) if groups is None
-                   else GroupedBatchIndices(group_sizes(groups), batch_size, shuffle))
+def batch_loader(table: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int | None = None,
+                 processes: tuple[int, int] | None = None) -> DataLoader:
+    """Batches of ``table`` (gathered whole by its ``__getitem__``): :class:`GroupedBatchIndices` for a
+    table with groups, :class:`BatchIndices` otherwise, shuffled with ``seed`` (see
+    :class:`EpochShuffle`). ``processes``: ``(world_size, rank)`` of a distributed run, whose
+    processes share the batches out (:class:`DistributedBatches`)."""
+    distributed = processes is not None and processes[0] > 1
+    if distributed and not shuffle:
+        # Every process must have a batch to evaluate, however small the split.
+        batch_size = max(1, min(batch_size, -(-len(table) // processes[0])))
+    groups = getattr(table, "groups", None)
+    sampler = (BatchIndices(len(table), batch_size, shuffle, seed) if groups is None
+               else GroupedBatchIndices(group_sizes(groups), batch_size, shuffle, seed))
+    if distributed:
+        sampler = DistributedBatches(sampler, *processes, pad=shuffle)
     return DataLoader(table, batch_size=None, sampler=sampler,
                       num_workers=num_workers, persistent_workers=num_workers > 0)

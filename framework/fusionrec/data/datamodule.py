@@ -10,11 +10,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from fusionrec.data.batches import BatchIndices, TensorTable, batch_loader
+from fusionrec.data.batches import TensorTable, batch_loader
+from fusionrec.data.media import MEDIA_TYPES
 from fusionrec.data.negatives import ItemCatalogue, NegativeSampledTable, mark_positives, parse_negatives
 from fusionrec.data.preprocessing import Preprocessor
 from fusionrec.data.reading import join_side_tables, read_table, require_columns, split_table
 from fusionrec.data.schema import parse_features, parse_tasks
+from fusionrec.data.streaming import ParquetShards, StreamingDataset, StreamingLoader, fit_streaming, parse_streaming
 from fusionrec.data.synthetic import quickstart_log
 from fusionrec.errors import ConfigError
 from fusionrec.plugins import get_registry
@@ -30,6 +32,8 @@ class MultiTaskDataModule(LightningDataModule):
         split: ``{method: random|time, ratios: [train, val, test], time_column, seed}``.
         joins: side tables left-joined onto every split: ``[{path, key}]``.
         generate: ``{rows, users, items, seed}`` for the synthetic quickstart log (instead of files).
+        streaming: ``{train, val, test, shuffle_buffer, fit_rows}``: read Parquet shards (paths, globs
+            or fsspec URLs) a row group at a time instead of loading the splits (docs/streaming.md).
         predict: file to score with ``fusionrec predict`` (default: the test split).
         scenario: the column naming each row's scenario; encoded like a categorical feature.
         group: the column naming each row's group (request, session) for ranking tasks: a group's
@@ -37,15 +41,18 @@ class MultiTaskDataModule(LightningDataModule):
         negatives: ``{task, user, item, per_positive, sampler, item_features}``: the log is
             positive-only, and each row gets ``per_positive`` sampled negatives for the ranking
             ``task`` (see :mod:`fusionrec.data.negatives`).
+        shuffle_seed: training shuffles draw one permutation per epoch from ``shuffle_seed + epoch``
+            (the same in every process, and after a resume); by default from torch's global generator
+            (``seed_everything``), or in a distributed run from rank 0's seed.
     """
 
     def __init__(self, features: dict[str, Any], tasks: dict[str, Any], path: str | None = None,
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  predict: str | None = None, split: dict[str, Any] | None = None,
                  joins: list[dict[str, Any]] | None = None, generate: dict[str, Any] | None = None,
-                 scenario: str | None = None, group: str | None = None,
+                 streaming: dict[str, Any] | None = None, scenario: str | None = None, group: str | None = None,
                  negatives: dict[str, Any] | None = None, batch_size: int = 1024, eval_batch_size: int = 8192,
-                 num_workers: int = 0):
+                 num_workers: int = 0, shuffle_seed: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.registry = get_registry()
@@ -63,16 +70,24 @@ class MultiTaskDataModule(LightningDataModule):
             if ranking and not group and not negatives:
                 raise ConfigError(f"model.tasks.{name}: the {spec.head!r} head ranks the rows of a group; set "
                                   f"data.group (a request/session column) or data.negatives (sampled negatives)")
-        sources = [name for name, value in (("path", path), ("train", train), ("generate", generate)) if value]
+        sources = [name for name, value in (("path", path), ("train", train), ("generate", generate),
+                                            ("streaming", streaming)) if value]
         if len(sources) != 1:
             raise ConfigError(f"data: give exactly one of data.path (split by data.split), data.train "
-                              f"(+ val/test) or data.generate; got {', '.join(sources) or 'none'}")
+                              f"(+ val/test), data.generate or data.streaming; got {', '.join(sources) or 'none'}")
+        if scenario and self.feature_specs[scenario].options.get("hash_buckets") is not None:
+            raise ConfigError(f"data.features.{scenario}.hash_buckets: the scenario column needs a vocabulary "
+                              f"(per-scenario metrics name each scenario); remove hash_buckets")
+        self.streaming = parse_streaming(streaming) if streaming else None
+        if self.streaming:
+            self._check_streaming()
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{key}: expected a positive number of rows, got {value}")
         self.preprocessor: Preprocessor | None = None
         self.splits: dict[str, pd.DataFrame] = {}
-        self.tables: dict[str, TensorTable] = {}
+        self.tables: dict[str, TensorTable] = {}  # or StreamingDataset, with data.streaming
+        self.shards: dict[str, ParquetShards] = {}  # the streamed splits' files
         self.sampled: dict[str, Dataset] = {}  # the splits with their sampled negatives
 
     # --- reading ---
@@ -126,18 +141,59 @@ class MultiTaskDataModule(LightningDataModule):
         order = np.argsort(codes, kind="stable")
         return frame.iloc[order].reset_index(drop=True), torch.from_numpy(codes[order].astype(np.int64))
 
+    # --- streaming (data.streaming) ---
+
+    def _check_streaming(self) -> None:
+        """Streamed rows are encoded a batch at a time, so nothing may need a whole split at once."""
+        needs_whole_split = {"joins": "side tables are joined in memory", "group": "groups are gathered from the "
+                             "whole split", "negatives": "negatives are drawn from the whole log's items",
+                             "predict": "predictions are written next to the rows, held in memory"}
+        for key, reason in needs_whole_split.items():
+            if getattr(self.hparams, key):
+                raise ConfigError(f"data.{key}: not available with data.streaming ({reason}); load the data in "
+                                  f"memory with data.path or data.train instead")
+        media = [name for name, spec in self.feature_specs.items() if spec.type in MEDIA_TYPES]
+        if media:
+            raise ConfigError(f"data.features.{media[0]}: {self.feature_specs[media[0]].type} fields are not "
+                              f"available with data.streaming (their items are encoded once per split)")
+
+    def _shards(self) -> dict[str, ParquetShards]:
+        """Each streamed split's files, every one checked for the columns the config names."""
+        needed = {column: f"data.features.{column}" for column in self.feature_specs}
+        needed.update({task.label: f"model.tasks.{task.name}.label" for task in self.task_specs.values()})
+        shards = {}
+        for name, sources in self.streaming.splits.items():
+            shards[name] = ParquetShards(sources, f"data.streaming.{name}")
+            shards[name].require_columns(needed)
+        return shards
+
+    def _streaming_datasets(self, shards: dict[str, ParquetShards]) -> dict[str, StreamingDataset]:
+        hp = self.hparams
+        world_size, rank, seed = self._processes() or (
+            1, 0, torch.initial_seed() if hp.shuffle_seed is None else hp.shuffle_seed)
+        columns = list(dict.fromkeys([*self.feature_specs, *(task.label for task in self.task_specs.values())]))
+        return {name: StreamingDataset(split, self.preprocessor, columns,
+                                       hp.batch_size if name == "train" else hp.eval_batch_size,
+                                       training=name == "train", shuffle_buffer=self.streaming.shuffle_buffer,
+                                       seed=seed, rank=rank, world_size=world_size, num_workers=hp.num_workers)
+                for name, split in shards.items()}
+
     # --- Lightning hooks ---
 
     def setup(self, stage: str) -> None:
         if self.tables:
             return
-        self.splits = self._load_splits()
+        # Streamed splits are never loaded: their shards are listed, and read batch by batch.
+        self.shards = self._shards() if self.streaming else {}
+        self.splits = {} if self.streaming else self._load_splits()
         if self.preprocessor is None:
             # A model restored from a checkpoint brings the vocabularies it was trained with.
             model = self.trainer.lightning_module if self.trainer is not None else None
             fitted = getattr(model, "hparams", {}).get("preprocessing") if model is not None else None
-            self.preprocessor = Preprocessor(fitted) if fitted else Preprocessor.fit(
-                self.splits["train"], self.feature_specs, self.task_specs, self.registry, self.hparams.scenario)
+            self.preprocessor = Preprocessor(fitted) if fitted else self._fit_preprocessing()
+        if self.streaming:
+            self.tables = self._streaming_datasets(self.shards)  # the splits' datasets, as iterables
+            return
         groups = {}
         if self.hparams.group:
             for name in self.splits.keys() - {"predict"}:
@@ -147,6 +203,21 @@ class MultiTaskDataModule(LightningDataModule):
         for name, split_groups in groups.items():
             self.tables[name].groups = split_groups
         self.sampled = self._with_negatives() if self.negative_spec else {}
+
+    def _fit_preprocessing(self) -> Preprocessor:
+        """Vocabularies and statistics of the training split, fitted once: in a distributed run by
+        rank 0 alone, which sends the fitted state to the other processes."""
+        trainer = self.trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        state = None
+        if not distributed or trainer.global_rank == 0:
+            state = (fit_streaming(self.shards["train"], self.feature_specs, self.task_specs, self.registry,
+                                   self.hparams.scenario, self.streaming.fit_rows) if self.streaming else
+                     Preprocessor.fit(self.splits["train"], self.feature_specs, self.task_specs, self.registry,
+                                      self.hparams.scenario)).state
+        if distributed:
+            state = trainer.strategy.broadcast(state)
+        return Preprocessor(state)
 
     def _with_negatives(self) -> dict[str, Dataset]:
         """Each labelled split's table with its negatives: drawn per batch for training, once for val/test."""
@@ -162,13 +233,32 @@ class MultiTaskDataModule(LightningDataModule):
         return sampled
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.streaming:  # batch size and shuffling were set when the split's dataset was made
+            return StreamingLoader(self.tables[split], self.hparams.num_workers,
+                                   lambda: self.trainer.current_epoch if self.trainer is not None else 0)
         if split in self.sampled:
             # Batches of positives, each with its negatives: about batch_size rows in all.
             positives = max(1, batch_size // (self.negative_spec.per_positive + 1))
             table = self.sampled[split]
-            return batch_loader(table, batch_size, shuffle, self.hparams.num_workers,
-                                BatchIndices(len(table), positives, shuffle))
-        return batch_loader(self.tables[split], batch_size, shuffle, self.hparams.num_workers)
+            table = self.sampled[split]
+            batch_size = positives
+        else:
+            table = self.tables[split]
+        processes = self._processes()
+        if processes is None:
+            return batch_loader(table, batch_size, shuffle, self.hparams.num_workers, self.hparams.shuffle_seed)
+        world_size, rank, seed = processes
+        return batch_loader(table, batch_size, shuffle, self.hparams.num_workers, seed, (world_size, rank))
+
+    def _processes(self) -> tuple[int, int, int] | None:
+        """``(world_size, rank, seed)`` under a distributed trainer, else None. Every process must draw
+        the same permutations: the seed is data.shuffle_seed or, without it, rank 0's initial seed."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        seed = self.hparams.shuffle_seed
+        return trainer.world_size, trainer.global_rank, seed if seed is not None else trainer.strategy.broadcast(
+            torch.initial_seed())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, True)
@@ -180,6 +270,9 @@ class MultiTaskDataModule(LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        if self.streaming:
+            raise ConfigError("data.streaming: fusionrec predict writes the scores next to the scored rows, held "
+                              "in memory; score them with a config that reads them with data.path or data.train")
         # The rows as given, never with sampled negatives: one score per row of predict_frame().
         split = "predict" if "predict" in self.tables else "test"
         return batch_loader(self.tables[split], self.hparams.eval_batch_size, False, self.hparams.num_workers)

@@ -11,7 +11,9 @@ from fusionrec.plugins import Registry, check_options
 
 # Feature type -> options it accepts, with defaults. The type also names its default encoder.
 FEATURE_TYPES: dict[str, dict[str, Any]] = {
-    "categorical": {"min_count": 1, "max_size": None},
+    # hash_buckets: hash ids into that many buckets instead of fitting a vocabulary (the hashing
+    # trick, fusionrec.data.hashing), for id columns too large for a table.
+    "categorical": {"min_count": 1, "max_size": None, "hash_buckets": None},
     "numeric": {"na_values": []},  # na_values: strings that mean "missing", e.g. ["unknown", "-"]
     "multi_categorical": {"separator": "|", "max_length": 16, "min_count": 1, "max_size": None},
     "vector": {},
@@ -62,9 +64,20 @@ def parse_features(config: Any, key: str = "data.features") -> dict[str, Feature
                 f"accepted: {', '.join(FEATURE_TYPES[kind]) or '(none)'}"
             )
         specs[name] = FeatureSpec(str(name), kind, {**FEATURE_TYPES[kind], **entry})
+        if kind == "categorical" and specs[name].options["hash_buckets"] is not None:
+            _check_hashing(specs[name].options, entry_key)
     if not specs:
         raise ConfigError(f"{key}: declare at least one feature column")
     return specs
+
+
+def _check_hashing(options: dict[str, Any], key: str) -> None:
+    buckets = options["hash_buckets"]
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
+        raise ConfigError(f"{key}.hash_buckets: expected a positive number of buckets, got {buckets!r}")
+    if options["min_count"] != 1 or options["max_size"] is not None:
+        raise ConfigError(f"{key}: hash_buckets replaces the vocabulary, so min_count and max_size do not "
+                          f"apply; give either hash_buckets or min_count/max_size")
 
 
 def parse_tasks(config: Any, registry: Registry, key: str = "model.tasks") -> dict[str, TaskSpec]:

@@ -10,6 +10,19 @@ task by a wide margin:
 
 Item tags and user interests reveal the signs of the latent dimensions, so the affinity of a user
 never seen in training is partly predictable too.
+
+``scenario_shift`` (0 to 1, ``data.generate: {..., scenario_shift: 1.0}``) makes the scenarios
+behave differently, for multi-scenario models; at 0 (the default) the log is exactly the one the
+published figures were measured on. With shift ``s``:
+
+- in ``search``, the click affinity (and so watch time) weighs latent dimensions 2 and 3 by
+  ``1 - 2s`` instead of 1: at ``s = 1`` users click there what they skip elsewhere on those
+  dimensions;
+- in ``detail``, likes follow a mix of the other taste, ``(1 - s) * taste(dims 0, 1) + s *
+  taste(dims 2, 3)``, so the tasks relate differently there: at ``s = 1`` what a user likes
+  follows other latent dimensions than what draws the click.
+
+The random draws are the same whatever the shift: only these formulas change.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from fusionrec.errors import ConfigError
 
 GENERATOR_VERSION = 2
 SCENARIOS = ("home", "search", "detail")
@@ -51,7 +66,22 @@ def _latents(users: int, items: int, seed: int) -> tuple[np.random.Generator, np
     return rng, rng.normal(0, 1, (users, LATENT)), rng.normal(0, 1, (items, LATENT))
 
 
-def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0) -> pd.DataFrame:
+def _shifted_preferences(user_vec: np.ndarray, item_vec: np.ndarray, scenario: np.ndarray,
+                         shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's click affinity and like taste when scenarios differ by ``shift`` (module docstring)."""
+    products = user_vec * item_vec  # [N, latent]
+    weights = np.ones((len(SCENARIOS), LATENT))
+    weights[SCENARIOS.index("search"), 2:] = 1 - 2 * shift
+    affinity = (products * weights[scenario]).sum(1) / np.sqrt(LATENT)
+    usual, other = products[:, :2].sum(1) / np.sqrt(2), products[:, 2:].sum(1) / np.sqrt(2)
+    taste = np.where(scenario == SCENARIOS.index("detail"), (1 - shift) * usual + shift * other, usual)
+    return affinity, taste
+
+
+def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
+                         scenario_shift: float = 0.0) -> pd.DataFrame:
+    if not 0 <= scenario_shift <= 1:
+        raise ConfigError(f"data.generate.scenario_shift: expected a number from 0 to 1, got {scenario_shift}")
     rng, user_vec, item_vec = _latents(users, items, seed)
     latent = LATENT
     user_age = np.clip(rng.normal(35, 12, users), 16, 80)
@@ -71,9 +101,11 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     timestamp = np.sort(rng.integers(1_700_000_000, 1_700_000_000 + 30 * 86_400, rows))
 
     affinity = np.einsum("ij,ij->i", user_vec[user], item_vec[item]) / np.sqrt(latent)
+    taste = np.einsum("ij,ij->i", user_vec[user, :2], item_vec[item, :2]) / np.sqrt(2)
+    if scenario_shift:
+        affinity, taste = _shifted_preferences(user_vec[user], item_vec[item], scenario, scenario_shift)
     click_logit = -1.0 + 1.8 * affinity + np.array([0.4, -0.6, 0.1])[scenario] + 0.3 * np.cos(hour / 24 * 2 * np.pi)
     click = rng.random(rows) < _sigmoid(click_logit)
-    taste = np.einsum("ij,ij->i", user_vec[user, :2], item_vec[item, :2]) / np.sqrt(2)
     like_logit = -0.5 + 2.0 * taste + 0.03 * (user_age[user] - 35)
     like = click & (rng.random(rows) < _sigmoid(like_logit))
     watch_time = np.where(click, np.exp(1.0 + 0.6 * affinity + rng.normal(0, 0.3, rows)), 0.0)
@@ -106,17 +138,20 @@ def write_once(path: Path, make: Callable[[], pd.DataFrame]) -> Path:
 
 
 def quickstart_log(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
-                   directory: str | Path | None = None, media: bool = False) -> Path:
+                   directory: str | Path | None = None, media: bool = False, scenario_shift: float = 0.0) -> Path:
     """Path of the generated quickstart log, written on first use. With ``media``, every item also
     gets a title, a PNG and a WAV (:mod:`fusionrec.data.synthetic_media`, next to the log) and the
-    log the columns ``item_title``, ``item_image`` and ``item_audio`` (absolute paths)."""
+    log the columns ``item_title``, ``item_image`` and ``item_audio`` (absolute paths).
+    ``scenario_shift``: see the module docstring."""
     params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
     if media:
         params["media"] = True
+    if scenario_shift:  # only when set, so the logs cached before it existed keep their names
+        params["scenario_shift"] = scenario_shift
     path = cache_path("synthetic-impressions", params, directory)
 
     def make() -> pd.DataFrame:
-        frame = generate_impressions(rows, users, items, seed)
+        frame = generate_impressions(rows, users, items, seed, scenario_shift)
         if media:
             from fusionrec.data.synthetic_media import write_item_media
 

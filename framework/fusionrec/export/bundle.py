@@ -60,7 +60,8 @@ class BundleWriter:
         self.module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
         self.preprocessing = self.module.hparams.preprocessing["features"]
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
-        self.specs: dict[str, dict] = {}
+        self.specs: dict[str, dict] = {}  # per content field, filled by write_item_encoders
+        self.golden_items: dict[str, list[str]] = {}  # texts, or files relative to the bundle
 
     def write_item_encoders(self) -> dict[str, dict[str, Any]]:
         """Per content field: its content spec and assets, and its item-encoder programs."""
@@ -72,8 +73,8 @@ class BundleWriter:
             except NotImplementedError as error:
                 raise ConfigError(f"{self.checkpoint}: field '{name}': {error}") from None
             self.specs[name] = spec
-            items = golden.content_items(name, spec, self.staging)
-            prepared = self._prepare(name, items)
+            self.golden_items[name] = golden.content_items(name, spec, self.staging)
+            prepared = self._prepare(name, self._located(name, self.golden_items[name]))
             dynamic = {key: {0: torch.export.Dim(f"{name}_items", min=1)} for key in prepared}
             if spec["kind"] == "text":  # token sequences are as long as the batch's longest text
                 tokens = torch.export.Dim(f"{name}_tokens", min=1, max=spec["max_length"])
@@ -86,10 +87,13 @@ class BundleWriter:
                              "onnx": onnx if self.with_onnx else None, "inputs": list(prepared)}
         return entries
 
-    def _prepare(self, name: str, items: list) -> dict[str, Tensor]:
-        """The item encoder's inputs for ``items`` as the bundle prepares them (files relative to it)."""
-        prepared = ContentPreparer(self.specs[name], self.staging / ASSETS / name)(
-            [str(self.staging / item) if self.specs[name]["kind"] != "text" else item for item in items])
+    def _located(self, name: str, items: list[str]) -> list[str]:
+        """Golden items as the encoders read them: files by their path in the staging directory."""
+        return items if self.specs[name]["kind"] == "text" else [str(self.staging / item) for item in items]
+
+    def _prepare(self, name: str, contents: list[str]) -> dict[str, Tensor]:
+        """The item encoder's inputs for ``contents`` as the bundle prepares them."""
+        prepared = ContentPreparer(self.specs[name], self.staging / ASSETS / name)(contents)
         prepared.pop("problems")
         return {key: torch.from_numpy(value) for key, value in prepared.items()}
 
@@ -102,15 +106,14 @@ class BundleWriter:
         features: dict[str, Tensor | MediaBatch] = {
             name: torch.from_numpy(value) for name, value in FeatureEncoder(tabular)(inputs).items()}
         for name, encoder in self.content.items():
-            items = golden.content_items(name, self.specs[name], self.staging)
-            absolute = [str(self.staging / item) if self.specs[name]["kind"] != "text" else item for item in items]
+            items, located = self.golden_items[name], self._located(name, self.golden_items[name])
             # The items plus one without content, which the rows without content point at.
-            prepared = dict(encoder.prepare(absolute + [None]))
+            prepared = dict(encoder.prepare(located + [None]))
             prepared.pop("problems")
             codes = [len(items) if i is None else i for i in golden.CONTENT_ITEMS]
             features[name] = MediaBatch(prepared, prepared["present"], torch.tensor(codes))
             with torch.no_grad():
-                vector = encoder(self._prepare(name, [items[golden.CONTENT_ITEMS[golden.VECTOR_ROW]]]))[0]
+                vector = encoder(self._prepare(name, [located[golden.CONTENT_ITEMS[golden.VECTOR_ROW]]]))[0]
             inputs[name] = [None if i is None else items[i] for i in golden.CONTENT_ITEMS]
             inputs[name][golden.VECTOR_ROW] = vector.tolist()
         return inputs, features

@@ -24,7 +24,9 @@ def tabular_inputs(preprocessing: dict[str, dict[str, Any]]) -> dict[str, list]:
     for name, entry in preprocessing.items():
         kind = entry["type"]
         if kind == "categorical":
-            known = [str(rng.choice(entry["vocabulary"])) if entry["vocabulary"] else "?" for _ in range(ROWS - 1)]
+            # A hashed field (hash_buckets) has no vocabulary: any id is as good as another.
+            vocabulary = entry.get("vocabulary") or [f"id-{i}" for i in range(ROWS)]
+            known = [str(rng.choice(vocabulary)) for _ in range(ROWS - 1)]
             inputs[name] = known + ["never-seen-at-training"]
         elif kind == "multi_categorical":
             vocabulary = entry["vocabulary"] or ["?"]

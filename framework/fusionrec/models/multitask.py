@@ -8,8 +8,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
+from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, run_trunk
 from fusionrec.data.media import MEDIA_TYPES, MediaBatch
-from fusionrec.errors import ConfigError
+from fusionrec.errors import ConfigError, DataError
 from fusionrec.models.content import ContentField
 from fusionrec.plugins import Registry
 
@@ -26,15 +27,19 @@ class MultiTaskModel(nn.Module):
     ``forward(features)`` takes ``{field: [B, ...]}`` (a :class:`MediaBatch` for text, image and
     audio fields) and returns ``{task: output}``, each output ``[B]`` (binary, regression) or
     ``[B, C]`` (multiclass, multilabel).
+
+    ``scenario_field``: the scenario column, whose ids a :class:`ScenarioTrunk` reads (``features``
+    must then hold it).
     """
 
     def __init__(self, encoders: dict[str, FieldEncoder | ContentField], fusion: Fusion, trunk: Trunk,
-                 heads: dict[str, TaskHead]):
+                 heads: dict[str, TaskHead], scenario_field: str | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
+        self.scenario_field = scenario_field
 
     def encode(self, features: dict[str, Tensor | MediaBatch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The encoders of the fields in ``features`` (``{field: [N, ...]}``): ``({field: [N, D_f]},
@@ -51,18 +56,34 @@ class MultiTaskModel(nn.Module):
         encoded = {**own_encoded, **(encoded or {})}  # {F: [B, D_f]}
         present = {**own_present, **(present or {})}
         fused = self.fusion(encoded, present)  # [B, D]
-        shared = self.trunk(fused)  # {T: [B, D_t]}
+        context = self.trunk_context(features, encoded)  # None unless the trunk reads each row's scenario
+        shared = run_trunk(self.trunk, fused, context)  # {T: [B, D_t]}
+        offsets = self.trunk.logit_offsets(fused, context)  # {T: [B]}, e.g. STAR's auxiliary network
         outputs: dict[str, Tensor] = {}
         for task, head in self.heads.items():  # parents come before their conditional tasks
-            outputs[task] = head(shared[task]) if head.parent is None else head(shared[task], outputs[head.parent])
+            if head.parent is None:
+                outputs[task] = with_offset(head(shared[task]), offsets.get(task))
+            else:  # its output holds the parent's logit, which already has the parent's offset
+                outputs[task] = head(shared[task], outputs[head.parent])
         return outputs
+
+    def trunk_context(self, features: dict[str, Tensor | MediaBatch],
+                      encoded: dict[str, Tensor]) -> TrunkContext | None:
+        """What a :class:`ScenarioTrunk` reads besides the fused input: the scenario ids and every encoding."""
+        if not isinstance(self.trunk, ScenarioTrunk):
+            return None
+        if self.scenario_field not in features:
+            raise DataError(f"the {type(self.trunk).__name__} trunk reads each row's scenario id: the features "
+                            f"must hold the column {self.scenario_field!r}, not only its encoding")
+        return TrunkContext(scenario=features[self.scenario_field], fields=encoded)
 
     @classmethod
     def build(cls, registry: Registry, fields: dict[str, FieldInfo], tasks: dict[str, dict[str, Any]],
               label_states: dict[str, dict], embedding_dim: int, encoders: dict[str, dict[str, Any]],
-              fusion: dict[str, Any], trunk: dict[str, Any]) -> "MultiTaskModel":
+              fusion: dict[str, Any], trunk: dict[str, Any], scenario: str | None = None) -> "MultiTaskModel":
         """Build every component by registry name. ``tasks``: ``{task: {head, options}}``;
-        ``fusion`` and ``trunk``: ``{name, **options}``; ``encoders``: per-field overrides."""
+        ``fusion`` and ``trunk``: ``{name, **options}``; ``encoders``: per-field overrides;
+        ``scenario``: the scenario column (``data.scenario``), needed by scenario-aware trunks."""
         unknown = sorted(set(encoders) - set(fields))
         if unknown:
             raise ConfigError(f"model.encoders: no feature named {', '.join(unknown)}; features: {', '.join(fields)}")
@@ -85,12 +106,30 @@ class MultiTaskModel(nn.Module):
                                       {name: encoder.output_dim for name, encoder in built_encoders.items()},
                                       **fusion_options)
         trunk_options = dict(trunk)
-        built_trunk = registry.build("trunks", trunk_options.pop("name"), "model.trunk",
-                                     built_fusion.output_dim, list(tasks), **trunk_options)
+        trunk_name = trunk_options.pop("name")
+        trunk_inputs = [built_fusion.output_dim, list(tasks)]
+        if issubclass(registry.get("trunks", trunk_name, "model.trunk").factory, ScenarioTrunk):
+            if scenario is None:
+                raise ConfigError(f"model.trunk: the {trunk_name!r} trunk reads each row's scenario; set "
+                                  f"data.scenario to the column naming it")
+            if fields[scenario].type != "categorical":
+                raise ConfigError(f"data.scenario: {scenario!r} is a {fields[scenario].type} feature; a scenario "
+                                  f"column is categorical (leave it out of data.features or declare it so)")
+            trunk_inputs.append(Scenarios(scenario, fields[scenario].cardinality,
+                                          {name: encoder.output_dim for name, encoder in built_encoders.items()}))
+        built_trunk = registry.build("trunks", trunk_name, "model.trunk", *trunk_inputs, **trunk_options)
         heads = {task: registry.build("heads", spec["head"], f"model.tasks.{task}", built_trunk.output_dims[task],
                                       label_states[task], **spec["options"])
                  for task, spec in tasks.items()}
         # Parents first, since forward hands each parent's output to its conditional tasks: the tasks
         # without a parent in config order, then the conditional ones (parse_tasks ruled out cycles).
         order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
-        return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()})
+        return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()},
+                   scenario)
+
+
+def with_offset(output: Tensor, offset: Tensor | None) -> Tensor:
+    """``output`` (``[B]`` or ``[B, C]``) plus a per-row ``offset`` (``[B]``) on every column."""
+    if offset is None:
+        return output
+    return output + offset.reshape(-1, *[1] * (output.dim() - 1))

@@ -18,7 +18,7 @@ from rich.table import Table
 from fusionrec.data.batches import TensorTable
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.recommend.catalogue import Side, assign_fields, pairs_by_row, read_side, transform_side
-from fusionrec.recommend.fused_score import COMBINATIONS, FusedScore
+from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.recommend.metrics import topk_metrics
 from fusionrec.recommend.ranker import Ranker, TopK
 from fusionrec.training.module import MultiTaskModule

@@ -17,8 +17,11 @@ from torch import Tensor
 
 from fusionrec.data.batches import TensorTable
 from fusionrec.recommend.catalogue import Side
-from fusionrec.recommend.fused_score import FusedScore
+from fusionrec.serving.fused_score import FusedScore
 from fusionrec.training.module import MultiTaskModule
+
+
+SCENARIO_IDS = "ids:scenario"  # the scenario column's ids among a side's encodings
 
 
 @dataclass
@@ -38,10 +41,15 @@ class Ranker:
         self.module, self.model, self.score, self.max_pairs = module, module.model, score, max_pairs
 
     def _encode_rows(self, table: TensorTable, rows: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``table``'s fields on ``rows``, encoded: ``({field: [len(rows), D_f]}, {media field: Bool[len(rows)]})``."""
+        """``table``'s fields on ``rows``, encoded: ``({field: [len(rows), D_f]}, {media field: Bool[len(rows)]})``.
+        The scenario column, which a scenario-aware trunk reads as ids, comes along as ``"ids:<column>"``."""
         encoded, present = {}, {}
+        scenario = self.model.scenario_field
         for start in range(0, len(rows), self.max_pairs):
-            part, part_present = self.model.encode(table[rows[start:start + self.max_pairs]].features)
+            features = table[rows[start:start + self.max_pairs]].features
+            part, part_present = self.model.encode(features)
+            if scenario in features:
+                part[SCENARIO_IDS] = features[scenario]
             for name, value in part.items():
                 encoded.setdefault(name, []).append(value)
             for name, value in part_present.items():
@@ -92,7 +100,8 @@ class Ranker:
                        **{name: value.index_select(0, item) for name, value in item_encoded.items()}}
             present = {**{name: value.index_select(0, user) for name, value in user_present.items()},
                        **{name: value.index_select(0, item) for name, value in item_present.items()}}
-            outputs = self.model({}, encoded, present)
+            ids = encoded.pop(SCENARIO_IDS, None)
+            outputs = self.model({} if ids is None else {self.model.scenario_field: ids}, encoded, present)
             scores = {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
             fused.append(self.score(scores))
             for task, score in scores.items():

@@ -4,8 +4,9 @@ The same rules as :mod:`fusionrec.data.preprocessing` (tests hold the two togeth
 numpy only so that a scoring service needs neither pandas nor the training stack (nor torch, for
 the ONNX Runtime path): ids
 are matched as strings (7, 7.0 and "7" are one id), vocabulary entry i has id i + 2, 0 is padding
-and 1 the out-of-vocabulary id that unknown and missing values share; numerics are standardised
-with the training mean and std and carry a missing flag.
+and 1 the out-of-vocabulary id that unknown and missing values share (a ``hash_buckets`` field hashes
+ids instead, :mod:`fusionrec.data.hashing`); numerics are standardised with the training mean and
+std and carry a missing flag.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from fusionrec.data.hashing import hashed_ids  # standard library and numpy only
 
 PADDING, OUT_OF_VOCABULARY, RESERVED = 0, 1, 2
 CONTENT_TYPES = ("text", "image", "audio")  # fusionrec.data.media.MEDIA_TYPES, without importing pandas
@@ -66,6 +69,8 @@ class FeatureEncoder:
 
     def _encode(self, name: str, values: list[Any]) -> np.ndarray:
         entry, kind = self.fields[name], self.fields[name]["type"]
+        if kind == "categorical" and "hash_buckets" in entry:
+            return hashed_ids([_token(v) for v in values], entry["hash_buckets"])
         if kind == "categorical":
             ids = self.ids[name]
             return np.array([ids.get(_token(v), OUT_OF_VOCABULARY) for v in values], dtype=np.int64)

@@ -21,6 +21,7 @@ from fusionrec.errors import ConfigError
 from fusionrec.models.content import ContentField
 from fusionrec.models.multitask import MultiTaskModel, default_encoder
 from fusionrec.plugins import Registry, get_registry
+from fusionrec.training.cost import model_costs, print_costs, table_memory_warning
 
 EVAL_STAGES = ("val", "test")
 
@@ -33,8 +34,11 @@ class MultiTaskModule(LightningModule):
         embedding_dim: default output width of every field encoder.
         encoders: per-field encoder overrides ``{field: {name, dim, **options}}``.
         fusion: ``{name: concat, **options}``.
-        trunk: ``{name: shared_bottom|mmoe|ple, **options}``.
+        trunk: ``{name: shared_bottom|mmoe|ple|star|pepnet|scenario_towers, **options}`` (the scenario-aware
+            ones need data.scenario; docs/scenarios.md).
         balancer: ``{name: fixed, **options}``.
+        embedding_budget_mib: fit warns when the embedding tables' weights exceed it (fit prints
+            every table's and encoder's parameters and memory at its start either way).
         preprocessing: the fitted vocabularies and statistics. Filled in from the data module on
             the first fit and stored in every checkpoint; leave it unset in configs.
     """
@@ -42,7 +46,7 @@ class MultiTaskModule(LightningModule):
     def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: int = 16,
                  encoders: dict[str, dict[str, Any]] | None = None, fusion: dict[str, Any] | None = None,
                  trunk: dict[str, Any] | None = None, balancer: dict[str, Any] | None = None,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0, embedding_budget_mib: float | None = None,
                  preprocessing: dict[str, Any] | None = None):
         super().__init__()
         # logger=False: the resolved config is saved by the CLI; vocabularies don't belong in hparams.yaml.
@@ -72,7 +76,7 @@ class MultiTaskModule(LightningModule):
         self.model = MultiTaskModel.build(
             self.registry, preprocessor.field_infos(), tasks,
             {name: preprocessing["tasks"][name]["labels"] for name in tasks}, hp.embedding_dim,
-            dict(hp.encoders or {}), self.fusion_config, self.trunk_config)
+            dict(hp.encoders or {}), self.fusion_config, self.trunk_config, preprocessing.get("scenario"))
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({task: nn.ModuleDict(head.metrics()) for task, head in self.model.heads.items()})
             for stage in EVAL_STAGES})
@@ -192,8 +196,12 @@ class MultiTaskModule(LightningModule):
         losses = self._losses(outputs, batch)
         # The config's fixed weights, not a learned balancer's current ones: epochs stay comparable
         # for early stopping and checkpoint selection.
-        self.log(f"{stage}/loss", self.balancer.weighted_sum(losses), batch_size=len(batch), prog_bar=stage == "val")
-        self.log_dict({f"{stage}/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch))
+        # sync_dist: averaged over every process's rows at the epoch's end, so that all processes of a
+        # distributed run monitor the same val/loss for early stopping and checkpoints.
+        self.log(f"{stage}/loss", self.balancer.weighted_sum(losses), batch_size=len(batch), prog_bar=stage == "val",
+                 sync_dist=True)
+        self.log_dict({f"{stage}/{task}/loss": loss for task, loss in losses.items()}, batch_size=len(batch),
+                      sync_dist=True)
         for task, head in self.model.heads.items():
             output, target, groups = self._labelled(task, outputs[task], batch)
             head.update_metrics(self.metrics[stage][task], output, target, groups)
@@ -216,7 +224,9 @@ class MultiTaskModule(LightningModule):
     def _log_metrics(self, stage: str) -> None:
         for task, metrics in self.metrics[stage].items():
             for name, metric in metrics.items():
-                self.log(f"{stage}/{task}/{name}", metric.compute())
+                # torchmetrics has gathered every process's state already, so the mean over processes of
+                # sync_dist is that same value; it keeps the value on every process for callbacks to monitor.
+                self.log(f"{stage}/{task}/{name}", metric.compute(), sync_dist=True)
                 metric.reset()
         # Per scenario: ``{stage}/{task}/{metric}/{scenario}``, for the scenarios the split shows.
         # Whether a scenario was seen is summed over processes, so that every process computes
@@ -229,7 +239,8 @@ class MultiTaskModule(LightningModule):
         for (task, position, metrics), was_seen in zip(per_scenario, seen.tolist()):
             for name, metric in metrics.items():
                 if was_seen:
-                    self.log(f"{stage}/{task}/{name}/{self.scenarios[int(position)][0]}", metric.compute())
+                    self.log(f"{stage}/{task}/{name}/{self.scenarios[int(position)][0]}", metric.compute(),
+                             sync_dist=True)
                 metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -254,6 +265,14 @@ class MultiTaskModule(LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         outputs = self(batch.features)
         return {"index": batch.index, **{task: head.predict(outputs[task]) for task, head in self.model.heads.items()}}
+
+    def on_fit_start(self) -> None:
+        costs = model_costs(self.model)
+        if self.trainer.is_global_zero:
+            print_costs(costs)
+        warning = table_memory_warning(costs, self.hparams.embedding_budget_mib)
+        if warning:
+            rank_zero_warn(warning)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Content backbones with their own learning_rate get their own parameter group; frozen
@@ -298,13 +317,17 @@ class MultiTaskModule(LightningModule):
                          for field, info in self.hparams.preprocessing["features"].items()},
             "fusion": entry("fusions", self.fusion_config["name"]),
             "trunk": entry("trunks", self.trunk_config["name"]),
+            # A trunk built on another (scenario_towers' base) needs that one installed too.
+            **({"trunk_base": entry("trunks", self.trunk_config["base"]["name"])}
+               if isinstance(self.trunk_config.get("base"), dict) and "name" in self.trunk_config["base"] else {}),
             "heads": {task: entry("heads", spec.head) for task, spec in self.task_specs.items()},
             "balancer": entry("balancers", self.balancer_config["name"]),
         }
 
 
 # Manifest section -> registry slot.
-MANIFEST_SLOTS = {"encoders": "encoders", "fusion": "fusions", "trunk": "trunks", "heads": "heads", "balancer": "balancers"}
+MANIFEST_SLOTS = {"encoders": "encoders", "fusion": "fusions", "trunk": "trunks", "trunk_base": "trunks", "heads": "heads",
+                  "balancer": "balancers"}
 
 
 def require_installed_components(checkpoint_path: str | Path, registry: Registry) -> None:

@@ -5,16 +5,15 @@ A spec is a mapping ``{task: weight}`` or ``{task: {weight: w, offset: c}}`` (of
 - ``product``: ``prod_t (s_t + c_t) ** w_t``, e.g. ``p_click * p_like^0.5 * (1 + watch_time)^0.2``;
   a base below 0 counts as 0, so the score stays real.
 - ``sum``: ``sum_t w_t * (s_t + c_t)``.
+
+It lives in :mod:`fusionrec.serving` because a scoring service ranks with it too: it works on numpy
+arrays and torch tensors alike and imports neither (nor PyYAML until a spec comes as text).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping
-
-import torch
-import yaml
-from torch import Tensor
 
 from fusionrec.errors import ConfigError
 
@@ -39,6 +38,8 @@ class FusedScore:
               ) -> "FusedScore":
         """``spec``: the mapping, or its YAML/JSON text; ``tasks``: the checkpoint's tasks."""
         if isinstance(spec, str):
+            import yaml
+
             try:
                 spec = yaml.safe_load(spec)
             except yaml.YAMLError as error:
@@ -66,16 +67,22 @@ class FusedScore:
             terms[str(task)] = Term(float(weight), float(offset))
         return cls(terms, combine)
 
-    def __call__(self, scores: Mapping[str, Tensor]) -> Tensor:
-        """``{task: [N]}`` served scores -> ``[N]``."""
+    def as_dict(self) -> dict[str, Any]:
+        """The plain-data form a bundle's manifest stores (``fused_score``); ``parse`` reads its ``terms`` back."""
+        return {"terms": {task: {"weight": term.weight, "offset": term.offset} for task, term in self.terms.items()},
+                "combine": self.combine}
+
+    def __call__(self, scores: Mapping[str, Any]) -> Any:
+        """``{task: [N]}`` served scores (numpy arrays or torch tensors) -> ``[N]`` of the same kind."""
         for task in self.terms:
-            if scores[task].dim() != 1:
+            if scores[task].ndim != 1:
                 raise ConfigError(f"--score.{task}: task {task!r} serves {scores[task].shape[-1]} scores per row "
                                   f"(one per class); only tasks with one score per row can be fused")
-        parts = [scores[task] + term.offset for task, term in self.terms.items()]
+        parts = [(scores[task] + term.offset, term.weight) for task, term in self.terms.items()]
         if self.combine == "sum":
-            return sum(term.weight * part for term, part in zip(self.terms.values(), parts))
-        fused = torch.ones_like(parts[0])
-        for term, part in zip(self.terms.values(), parts):
-            fused = fused * part.clamp(min=0) ** term.weight
+            return sum(weight * part for part, weight in parts)
+        fused = None
+        for part, weight in parts:
+            factor = part.clip(min=0) ** weight
+            fused = factor if fused is None else fused * factor
         return fused
