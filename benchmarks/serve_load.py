@@ -8,13 +8,14 @@ each of C clients sends one request after another for ``--duration`` seconds (af
 warm-up that is not counted). Every request is one user x ``--candidates`` items: ``POST /score`` on
 those rows and ``POST /recommend`` for the top 10 of them. Batching settings:
 
-- ``batched``: the defaults, ``--max-batch-rows 1024 --max-wait-ms 2``;
-- ``no-wait`` (only with ``--settings``): ``--max-wait-ms 0``, merging only requests already waiting;
+- ``batched``: the defaults, ``--max-batch-rows 1024 --max-wait-ms 0`` (requests that queued up
+  during a model run share the next one);
+- ``wait-2ms`` (only with ``--settings``): ``--max-wait-ms 2``, a run waits up to 2 ms for company;
 - ``unbatched``: ``--max-batch-rows`` equal to one request's rows, so every model run serves one request.
 
 The last column, rows per model run, comes from the service's ``/healthz`` counters.
 
-    .venv/bin/python benchmarks/serve_load.py                       # ~4 min on a 2-core machine
+    .venv/bin/python benchmarks/serve_load.py                       # ~3 min on a 2-core machine
     .venv/bin/python benchmarks/serve_load.py --runtimes onnx --duration 3 --endpoints score   # ~1 min
 """
 
@@ -37,7 +38,7 @@ import yaml
 
 REPO = Path(__file__).parents[1]
 # None: --max-batch-rows = the rows of one request, so every model run serves one request.
-SETTINGS = {"batched": [], "no-wait": ["--max-wait-ms", "0"], "unbatched": None}
+SETTINGS = {"batched": [], "wait-2ms": ["--max-wait-ms", "2"], "unbatched": None}
 
 
 def train_and_export(workdir: Path) -> Path:

@@ -164,3 +164,30 @@ print(bundle.encode_items("item_title", ["a title", "another"]).shape)
     assert result.returncode == 0, result.stderr[-3000:]
     dim = json.loads((bundle_dir / "manifest.json").read_text())["content"]["fields"]["item_title"]["dim"]
     assert result.stdout.strip().splitlines()[-1] == f"(2, {dim})"
+
+
+def test_the_service_reads_media_files_only_under_its_content_root(exported):
+    from fastapi.testclient import TestClient
+
+    from fusionrec.serving.server import create_app
+
+    _, bundle_dir = exported
+    bundle = load(bundle_dir)
+    golden = json.loads((bundle_dir / "golden.json").read_text())["inputs"]
+    rows = {name: values[:2] for name, values in golden.items()}
+    rows["item_image"] = ["golden/item_image-0.png", None]
+    rows["item_audio"] = [None, "golden/item_audio-1.wav"]
+    with TestClient(create_app(bundle)) as client:  # no content root: no files at all
+        answer = client.post("/score", json={"rows": rows})
+        assert answer.status_code == 422 and "rows.item_image: row 0: this service reads no files" in answer.json()["detail"]
+        vectors = dict(rows, item_image=[bundle.encode_items("item_image", [str(bundle_dir / "golden/item_image-0.png")])[0].tolist(), None],
+                       item_audio=[None, bundle.encode_items("item_audio", [str(bundle_dir / "golden/item_audio-1.wav")])[0].tolist()])
+        by_vector = client.post("/score", json={"rows": vectors})
+        assert by_vector.status_code == 200, by_vector.text
+    with TestClient(create_app(bundle, content_root=bundle_dir)) as client:
+        by_file = client.post("/score", json={"rows": rows})
+        assert by_file.status_code == 200, by_file.text
+        for task, scores in by_file.json()["scores"].items():
+            np.testing.assert_allclose(scores, by_vector.json()["scores"][task], atol=1e-5)
+        outside = client.post("/score", json={"rows": dict(rows, item_image=["../../etc/passwd", None])})
+        assert outside.status_code == 422 and "is outside --content-root" in outside.json()["detail"]

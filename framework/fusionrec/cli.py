@@ -1,5 +1,6 @@
 """The ``fusionrec`` command: LightningCLI's fit/validate/test/predict, plus ``plugins``, ``recommend`` and
-``evaluate-topk`` (:mod:`fusionrec.recommend.commands`) and ``report`` (:mod:`fusionrec.reporting.command`)."""
+``evaluate-topk`` (:mod:`fusionrec.recommend.commands`), ``report`` (:mod:`fusionrec.reporting.command`),
+``export`` (:mod:`fusionrec.export`) and ``serve`` (:mod:`fusionrec.serving.command`)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from fusionrec.training.module import MultiTaskModule
 
 DESCRIPTION = ("fusionrec: multi-task recommendation on PyTorch Lightning. "
                "'fusionrec plugins' lists the installed components; 'fusionrec recommend', "
-               "'fusionrec evaluate-topk' and 'fusionrec report RUN_DIR' take --help.")
+               "'fusionrec evaluate-topk', 'fusionrec report RUN_DIR', 'fusionrec export' and "
+               "'fusionrec serve BUNDLE' take --help.")
 
 
 def package_path(package: str, *parts: str) -> str:

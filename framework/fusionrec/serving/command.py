@@ -88,12 +88,14 @@ def _parser() -> _Parser:
                         help="pt2: the torch.export program (needs torch); onnx: model.onnx on onnxruntime")
     parser.add_argument("--max-batch-rows", type=int, default=1024,
                         help="rows per model run; a request with more is refused with 413 (default: 1024)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0,
-                        help="how long a run waits for more requests to merge (default: 2; 0 merges only "
-                             "requests already waiting)")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0,
+                        help="how long a model run waits for more requests to merge (default: 0, merging "
+                             "only the requests already waiting, which under load is a full batch)")
     parser.add_argument("--score", help="the fused score /recommend ranks by, YAML: {task: weight} or "
                                         "{task: {weight: W, offset: C}} (default: the bundle's own, if any)")
     parser.add_argument("--combine", choices=COMBINATIONS, help="with --score: product (default) or sum")
+    parser.add_argument("--content-root", help="the directory image and audio paths in requests are read from, "
+                        "relative to it; without it the service reads no files and such fields take item vectors")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level; warning drops the per-request access log (default: info)")
     return parser
@@ -111,8 +113,10 @@ def run_serve(argv: list[str]) -> int:
         raise ConfigError(f"fusionrec serve needs FastAPI and uvicorn ({error}): {INSTALL_HINT}") from None
     bundle = open_bundle(args.bundle, args.runtime)
     fused_score = FusedScore.parse(args.score, args.combine or "product", bundle.tasks) if args.score else None
+    if args.content_root is not None and not Path(args.content_root).is_dir():
+        raise ConfigError(f"--content-root {args.content_root}: not a directory")
     app = create_app(bundle, max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms,
-                     fused_score=fused_score)
+                     fused_score=fused_score, content_root=args.content_root)
     print(f"fusionrec serve: {args.bundle} ({args.runtime}; tasks: {', '.join(bundle.tasks)}) "
           f"on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -78,7 +78,10 @@ class FeatureEncoder:
             ids, width = self.ids[name], entry["max_length"]
             out = np.full((len(values), width), PADDING, dtype=np.int64)
             for row, cell in enumerate(values):
-                parts = cell.split(entry["separator"]) if isinstance(cell, str) else list(cell or [])
+                if not (cell is None or isinstance(cell, (str, list, tuple, np.ndarray))):
+                    raise RequestError(f"field '{name}': expected a separated string or a list of values, got "
+                                       f"{cell!r:.80} (row {row})")
+                parts = cell.split(entry["separator"]) if isinstance(cell, str) else list(cell if cell is not None else [])
                 tokens = [ids.get(_token(p), OUT_OF_VOCABULARY) for p in parts if _token(p)][:width]
                 out[row, :len(tokens)] = tokens
             return out
@@ -100,7 +103,11 @@ class FeatureEncoder:
             for row, cell in enumerate(values):
                 if cell is None:
                     continue
-                vector = np.asarray(cell, dtype=np.float32)
+                try:
+                    vector = np.asarray(cell, dtype=np.float32)
+                except (TypeError, ValueError):
+                    raise RequestError(f"field '{name}': expected {entry['width']} numbers, got {cell!r:.80} "
+                                       f"(row {row})") from None
                 if vector.shape != (entry["width"],):
                     raise RequestError(f"field '{name}': expected {entry['width']} numbers, got shape "
                                        f"{vector.shape} (row {row})")

@@ -11,7 +11,11 @@ from fusionrec.serving.bundle import ONNX_GRAPH, Bundle
 
 
 def _session(path: Path) -> onnxruntime.InferenceSession:
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    # Idle threads sleep instead of spinning: a service shares its cores with the HTTP server and
+    # the feature encoding (measured 25 ms a run with spinning against 8.7 ms without, on 2 busy cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxBundle(Bundle):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -71,8 +72,12 @@ def columns_of(rows: Any) -> dict[str, list]:
 class Scorer:
     """What the endpoints share: the bundle's fields, request checks, the batcher and the fused score."""
 
-    def __init__(self, bundle: Bundle, max_batch_rows: int, max_wait_ms: float, fused_score: FusedScore | None):
+    def __init__(self, bundle: Bundle, max_batch_rows: int, max_wait_ms: float, fused_score: FusedScore | None,
+                 content_root: Path | None):
         self.bundle, self.max_batch_rows, self.fused_score = bundle, max_batch_rows, fused_score
+        self.content_root = content_root.resolve() if content_root is not None else None
+        self.file_fields = {field for field, entry in bundle.content_fields.items()
+                            if entry["content"]["kind"] != "text"}
         self.fields: dict[str, dict] = bundle.manifest["preprocessing"]
         self.batcher = MicroBatcher(bundle.run, max_batch_rows, max_wait_ms)
 
@@ -90,10 +95,25 @@ class Scorer:
                                      f"{self.max_batch_rows}; split the request")
         for field, values in columns.items():
             self._check_cells(self.fields[field]["type"], values, place[field])
+        columns = {field: [self._file(cell, place[field], row) if field in self.file_fields else cell
+                           for row, cell in enumerate(values)] for field, values in columns.items()}
         inputs = self.bundle.encode(columns)  # missing fields, lengths, numbers, vector widths
         if rows == 0:
             raise RequestError(f"{batch}: no rows")
         return inputs, rows
+
+    def _file(self, cell: Any, place: str, row: int) -> Any:
+        """An image or audio cell: a path is read only under --content-root (relative to it), so that a
+        client cannot make the service open any file on its machine; item vectors always pass."""
+        if not isinstance(cell, str) or not cell.strip():
+            return cell
+        if self.content_root is None:
+            raise RequestError(f"{place}: row {row}: this service reads no files (start it with --content-root "
+                               f"DIR to allow files under DIR); send the item's vector instead")
+        path = (self.content_root / cell.strip()).resolve()
+        if not path.is_relative_to(self.content_root):
+            raise RequestError(f"{place}: row {row}: {cell!r} is outside --content-root {self.content_root}")
+        return str(path)
 
     @staticmethod
     def _check_cells(kind: str, values: list, place: str) -> None:
@@ -121,10 +141,11 @@ class Scorer:
         return await self.batcher.submit(inputs, rows)
 
 
-def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float = 2.0,
-               fused_score: FusedScore | None = None) -> FastAPI:
+def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float = 0.0,
+               fused_score: FusedScore | None = None, content_root: str | Path | None = None) -> FastAPI:
     """The service for a loaded (and checked) ``bundle``. ``fused_score`` orders ``/recommend``;
-    without it the manifest's ``fused_score`` does, if it has one."""
+    without it the manifest's ``fused_score`` does, if it has one. ``content_root``: the directory
+    image and audio paths in requests are read from (without it, such fields take item vectors)."""
     if max_batch_rows < 1 or max_wait_ms < 0:
         raise ConfigError(f"--max-batch-rows must be >= 1 and --max-wait-ms >= 0, got {max_batch_rows} "
                           f"and {max_wait_ms}")
@@ -137,7 +158,8 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         if manifest["outputs"][task]["shape"] != ["batch"]:
             raise ConfigError(f"--score.{task}: task {task!r} serves several scores per row; only tasks with "
                               f"one score per row can be fused")
-    scorer = Scorer(bundle, max_batch_rows, max_wait_ms, fused_score)
+    scorer = Scorer(bundle, max_batch_rows, max_wait_ms, fused_score,
+                    Path(content_root) if content_root is not None else None)
     metadata = {**manifest, "fused_score": fused_score.as_dict() if fused_score else None}
 
     @asynccontextmanager
