@@ -299,7 +299,9 @@ def test_uncertainty_weights_are_logged_and_learned(tmp_path):
         assert logged[f"train/{task}/weight"].dropna().iloc[-1] > 1.2
 
 
-@pytest.mark.parametrize("name", ["pcgrad", "gradnorm", "uncertainty", "dwa", "famo"])
+# The balancers that compute per-task gradients or keep their own state between steps; uncertainty
+# (plain parameters in the loss) and dwa (loss ratios) need nothing DDP does not already do.
+@pytest.mark.parametrize("name", ["pcgrad", "gradnorm", "famo"])
 def test_balancers_train_under_ddp(tmp_path, name):
     config = small_config(trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
                                    "num_sanity_val_steps": 0, "logger": True, "log_every_n_steps": 1})

@@ -27,7 +27,14 @@ LOG = {"rows": 3000, "users": 150, "items": 90, "seed": 0, "media": True}
 CONTENT = ("item_title", "item_image", "item_audio")
 TRUNKS = {"shared_bottom": {"name": "shared_bottom", "hidden": [32]},
           "mmoe": {"name": "mmoe", "num_experts": 2, "expert_hidden": [32]},
-          "ple": {"name": "ple", "expert_hidden": [32]}}
+          "ple": {"name": "ple", "expert_hidden": [32]},
+          "star": {"name": "star", "hidden": [32]},
+          "pepnet": {"name": "pepnet", "tower": [16], "prior_fields": ["user_id"]},
+          "scenario_towers": {"name": "scenario_towers", "base": {"name": "mmoe", "num_experts": 2,
+                                                                  "expert_hidden": [32]}, "hidden": [16]}}
+# Parity is checked for every trunk; the rest, which does not depend on the trunk, for the quickstart's.
+EVERY_TRUNK = pytest.mark.parametrize("exported", list(TRUNKS), indirect=True)
+QUICKSTART_TRUNK = pytest.mark.parametrize("exported", ["mmoe"], indirect=True)
 
 
 def quickstart_config(trunk: dict) -> dict:
@@ -40,7 +47,7 @@ def quickstart_config(trunk: dict) -> dict:
     return config
 
 
-@pytest.fixture(scope="module", params=list(TRUNKS))
+@pytest.fixture(scope="module")
 def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"export-content-{request.param}")
     path = write_config(root, quickstart_config(TRUNKS[request.param]))
@@ -63,6 +70,7 @@ def request_rows(bundle, rows: pd.DataFrame) -> dict[str, list]:
                    for v in rows[name]] for name in bundle.manifest["preprocessing"]}
 
 
+@QUICKSTART_TRUNK
 def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(exported):
     checkpoint, bundle = exported
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -85,6 +93,7 @@ def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(exported):
     inputs = {entry["name"]: entry for entry in manifest["inputs"]}
     assert inputs["item_title"]["shape"] == ["batch", fields["item_title"]["dim"]]
     assert inputs["item_title.present"]["dtype"] == "bool"
+    assert inputs["user_id"]["null"] == "the out-of-vocabulary id" and inputs["item_price"]["null"].startswith("missing")
     assert manifest["fused_score"] == {"terms": {"click": {"weight": 1.0, "offset": 0.0},
                                                  "like": {"weight": 0.5, "offset": 0.0}}, "combine": "product"}
     metrics = manifest["test_metrics"]
@@ -92,6 +101,7 @@ def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(exported):
     assert 0.0 <= metrics["test/click/auc"] <= 1.0
 
 
+@EVERY_TRUNK
 @pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
 def test_programs_and_module_agree_on_raw_content_and_on_item_vectors(exported, loader):
     checkpoint, bundle_dir = exported
@@ -120,6 +130,7 @@ def test_programs_and_module_agree_on_raw_content_and_on_item_vectors(exported, 
         np.testing.assert_allclose(by_vector[task], expected[task], atol=1e-5, rtol=0)
 
 
+@QUICKSTART_TRUNK
 def test_content_is_prepared_as_in_training(exported):
     checkpoint, bundle_dir = exported
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu")
@@ -134,6 +145,7 @@ def test_content_is_prepared_as_in_training(exported):
             np.testing.assert_array_equal(serving[key], training[key].numpy())
 
 
+@QUICKSTART_TRUNK
 def test_bad_content_names_the_field(exported, tmp_path):
     _, bundle_dir = exported
     bundle = load(bundle_dir)
@@ -147,6 +159,7 @@ def test_bad_content_names_the_field(exported, tmp_path):
         bundle.score({**request, "item_title": ["a title", [1.0, 2.0]]})
 
 
+@QUICKSTART_TRUNK
 def test_the_onnx_bundle_prepares_and_scores_content_without_torch_or_transformers(exported, tmp_path):
     _, bundle_dir = exported
     blocked = ("torch", "transformers", "torchvision", "torchaudio", "lightning", "pytorch_lightning", "pluggy",
@@ -166,6 +179,7 @@ print(bundle.encode_items("item_title", ["a title", "another"]).shape)
     assert result.stdout.strip().splitlines()[-1] == f"(2, {dim})"
 
 
+@QUICKSTART_TRUNK
 def test_the_service_reads_media_files_only_under_its_content_root(exported):
     from fastapi.testclient import TestClient
 

@@ -39,14 +39,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# Every field must be in a request; any of its values may be null, which means:
+NULL_MEANS = {"categorical": "the out-of-vocabulary id", "multi_categorical": "no values",
+              "numeric": "missing (0 and the missing flag)", "vector": "zeros",
+              "text": "no content (the learned missing vector)", "image": "no content (the learned missing vector)",
+              "audio": "no content (the learned missing vector)"}
+
+
 def _signature(features: dict[str, Tensor], preprocessing: dict[str, dict]) -> list[dict[str, Any]]:
-    """The scoring graph's inputs; a content field's item vector and its presence flag are optional
-    in a request, where the raw content may stand instead."""
+    """The scoring graph's inputs, with the request field each comes from and what a null value of
+    it means (a content field is two inputs: its item vector and ``<field>.present``)."""
     signature = []
     for name, value in features.items():
-        field = name.removesuffix(".present") if name not in preprocessing else name
-        signature.append({"name": name, "field": field, "type": preprocessing[field]["type"],
-                          "dtype": str(value.dtype).removeprefix("torch."), "shape": ["batch", *value.shape[1:]]})
+        field = name if name in preprocessing else name.removesuffix(".present")
+        kind = preprocessing[field]["type"]
+        signature.append({"name": name, "field": field, "type": kind, "dtype": str(value.dtype).removeprefix("torch."),
+                          "shape": ["batch", *value.shape[1:]], "null": NULL_MEANS.get(kind, "missing")})
     return signature
 
 
