@@ -18,6 +18,17 @@ def _isolated_cache(tmp_path_factory):
     os.environ["FUSIONREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Models this small train several times faster on one thread than on a contended thread pool."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(trunk: dict | None = None, **overrides) -> dict:
     """configs/quickstart.yaml on a smaller generated log without media, quiet and without
     checkpoints: trains in seconds."""

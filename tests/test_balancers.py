@@ -245,15 +245,6 @@ def small_task_test_mse(name: str, **options) -> float:
         return nn.functional.mse_loss(heads["small"](trunk(test_x)).squeeze(-1), test_y["small"]).item()
 
 
-@pytest.fixture
-def one_thread():
-    """Matrices this small train several times faster without the intra-op thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_learned_weights_rescue_the_small_task_from_a_1000x_larger_loss(one_thread):
     # Measured (small task's test MSE, label variance 1.64): fixed 0.83, uncertainty 0.32,
     # gradnorm 0.21; over torch seeds 0-3 fixed 0.53-0.83, uncertainty 0.27-0.46, gradnorm 0.21-0.35.

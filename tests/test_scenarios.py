@@ -277,15 +277,6 @@ def test_scenario_shift_changes_behaviour_only_where_the_docstring_says(tmp_path
 
 # --- end to end ---
 
-@pytest.fixture
-def one_thread():
-    """Models this small train several times faster on one thread than on a contended pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fit_on_shifted_log(tmp_path, trunk: dict) -> dict[str, float]:
     """Five epochs on 60,000 rows whose scenarios differ: the test metrics."""
     tmp_path.mkdir()
