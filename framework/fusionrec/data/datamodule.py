@@ -236,14 +236,11 @@ class MultiTaskDataModule(LightningDataModule):
         if self.streaming:  # batch size and shuffling were set when the split's dataset was made
             return StreamingLoader(self.tables[split], self.hparams.num_workers,
                                    lambda: self.trainer.current_epoch if self.trainer is not None else 0)
+        table = self.tables[split]
         if split in self.sampled:
+            table = self.sampled[split]
             # Batches of positives, each with its negatives: about batch_size rows in all.
-            positives = max(1, batch_size // (self.negative_spec.per_positive + 1))
-            table = self.sampled[split]
-            table = self.sampled[split]
-            batch_size = positives
-        else:
-            table = self.tables[split]
+            batch_size = max(1, batch_size // (self.negative_spec.per_positive + 1))
         processes = self._processes()
         if processes is None:
             return batch_loader(table, batch_size, shuffle, self.hparams.num_workers, self.hparams.shuffle_seed)
