@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import small_config, write_config
 
 from fusionrec.cli import main
@@ -40,3 +41,24 @@ def test_costs_count_table_parameters_and_adam_memory(tmp_path):
     tables = sum(c.bytes for c in costs.values() if c.is_table) / MIB
     assert table_memory_warning(list(costs.values()), tables * 1.01) is None
     assert table_memory_warning(list(costs.values()), tables * 0.99) is not None
+
+
+def test_a_content_fields_backbone_is_one_encoder_row_not_a_table():
+    from fusionrec.models.content import ContentField
+
+    class Backbone(torch.nn.Module):  # a transformer-like encoder with its own token embeddings
+        output_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.tokens = torch.nn.Embedding(100, 4)
+            self.projection = torch.nn.Linear(4, 4)
+
+    model = torch.nn.Module()
+    model.encoders = torch.nn.ModuleDict({"title": ContentField(Backbone()),
+                                          "user_id": torch.nn.Embedding(10, 4)})
+    model.fusion, model.trunk, model.heads = torch.nn.Identity(), torch.nn.Linear(8, 2), torch.nn.ModuleDict()
+    rows = {cost.component: cost for cost in model_costs(model)}
+    assert rows["title encoder"].parameters == 100 * 4 + 4 * 4 + 4 + 4  # tokens, projection, missing vector
+    assert not rows["title encoder"].is_table and rows["user_id table [10 x 4]"].is_table
+    assert not any(name.startswith("title table") for name in rows)

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from fusionrec.models.content import ContentField
+
 MIB = 2**20
 ADAM_COPIES = 4  # weights, gradients, first and second moments
 
@@ -39,11 +41,15 @@ def _row(component: str, parameters: list[nn.Parameter], buffers: list, is_table
 
 
 def model_costs(model: nn.Module) -> list[Cost]:
-    """One row per embedding table (an ``nn.Embedding``/``EmbeddingBag`` of a field encoder), per field
-    encoder's other parameters (a projection, a backbone), then fusion, trunk and heads."""
+    """One row per embedding table (an ``nn.Embedding``/``EmbeddingBag`` of an id field's encoder), per
+    field encoder's other parameters (a projection; a content field's whole backbone), then fusion,
+    trunk and heads."""
     rows = []
     for field, encoder in model.encoders.items():
-        tables = [m for m in encoder.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        # A content field's backbone (a transformer's token embeddings included) is one encoder row:
+        # the tables that grow with the data, and that the budget is about, are the id fields'.
+        tables = [] if isinstance(encoder, ContentField) else [
+            m for m in encoder.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
         for table in tables:
             rows.append(_row(f"{field} table [{table.num_embeddings} x {table.embedding_dim}]",
                              list(table.parameters()), [], True))
