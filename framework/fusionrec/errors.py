@@ -1,5 +1,7 @@
 """Errors a user can fix from the message alone; the CLI prints them without a traceback."""
 
+import argparse
+
 
 class FusionrecError(Exception):
     """Base of every error fusionrec raises about its input."""
@@ -15,6 +17,14 @@ class DataError(FusionrecError):
 
 class PluginError(FusionrecError):
     """A plugin failed to load, or two plugins register the same component name."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for fusionrec's own subcommands, but a usage error is a ConfigError: one
+    ``fusionrec: error:`` line and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
 
 
 def describe_value(values, position: int) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -17,12 +15,12 @@ from torch import Tensor
 
 import fusionrec
 from fusionrec.data.media import MEDIA_TYPES, MediaBatch
-from fusionrec.errors import ConfigError
+from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
 from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
-from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
-                                      present_input)
+from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, file_sha256,
+                                      item_encoder_files, present_input)
 from fusionrec.serving.content import ContentPreparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
@@ -33,10 +31,6 @@ OOV_RULE = ("ids are matched as strings (7, 7.0 and '7' are one id); vocabulary[
             "padding; unknown and missing values take id 1, the out-of-vocabulary embedding")
 CONTENT_RULE = ("a content field takes, per row, its raw content (a text, or an image/audio file path), "
                 "its item vector from the field's item encoder (a list of numbers), or null (no content)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # Every field must be in a request; any of its values may be null, which means:
@@ -160,7 +154,7 @@ class BundleWriter:
             "fused_score": fused_score,
             "test_metrics": metrics,
             "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
-            "files": {str(path.relative_to(self.staging)): {"sha256": _sha256(path)}
+            "files": {str(path.relative_to(self.staging)): {"sha256": file_sha256(path)}
                       for path in sorted(self.staging.rglob("*")) if path.is_file()},
         }
         (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -190,7 +184,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | N
 
 
 def run_export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fusionrec export", description="Write a checkpoint's serving bundle.")
+    parser = CommandParser(prog="fusionrec export", description="Write a checkpoint's serving bundle.")
     parser.add_argument("--ckpt", required=True, help="a fusionrec checkpoint")
     parser.add_argument("--out", required=True, help="the bundle directory to create")
     parser.add_argument("--score", help="the fused score POST /recommend ranks by, YAML: {task: weight} or "
@@ -201,5 +195,5 @@ def run_export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     bundle = export_bundle(args.ckpt, args.out, args.score, args.combine, not args.skip_test_metrics)
     print(f"wrote {bundle}" + ("" if (bundle / ONNX_GRAPH).exists() else
-                                f" (no ONNX graphs: pip install 'fusionrec[onnx]' for them)"))
+                                " (no ONNX graphs: pip install 'fusionrec[onnx]' for them)"))
     return 0

@@ -4,7 +4,6 @@ Python API (``recommend``, ``evaluate_topk``), used by ``benchmarks/topk_ml100k.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fusionrec.data.batches import TensorTable
-from fusionrec.errors import ConfigError, DataError
+from fusionrec.errors import CommandParser, ConfigError, DataError
 from fusionrec.recommend.catalogue import Side, assign_fields, pairs_by_row, read_side, transform_side
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.recommend.metrics import topk_metrics
@@ -112,15 +111,8 @@ def write_atomically(frame: pd.DataFrame, output: str) -> None:
         partial.unlink(missing_ok=True)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is a ConfigError: one ``fusionrec: error:`` line, exit 2."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}")
-
-
-def _parser(command: str, description: str) -> _Parser:
-    parser = _Parser(prog=f"fusionrec {command}", description=description)
+def _parser(command: str, description: str) -> CommandParser:
+    parser = CommandParser(prog=f"fusionrec {command}", description=description)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by fusionrec fit")
     parser.add_argument("--users", required=True, help="users table: key column + the model's user features")
     parser.add_argument("--items", required=True, help="items table (the catalogue): key column + item features")

@@ -5,6 +5,7 @@ scoring graph) and ``run_item_encoder`` (a content field's item encoder)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,9 +16,19 @@ import numpy as np
 from fusionrec.serving.content import ContentError, ContentPreparer
 from fusionrec.serving.features import FeatureEncoder, RequestError, present_input
 
-__all__ = ["ASSETS", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "item_encoder_files", "present_input"]
+__all__ = ["ASSETS", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "file_sha256", "item_encoder_files",
+           "present_input"]
 
 MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "model.onnx", "golden.json", "assets"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 a manifest records for a bundle file, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def item_encoder_files(field: str) -> tuple[str, str]:

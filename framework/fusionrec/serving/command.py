@@ -6,34 +6,17 @@
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-from fusionrec.errors import ConfigError, FusionrecError
-from fusionrec.serving.bundle import MANIFEST, ONNX_GRAPH, PROGRAM, Bundle
+from fusionrec.errors import CommandParser, ConfigError, FusionrecError
+from fusionrec.serving.bundle import MANIFEST, ONNX_GRAPH, PROGRAM, Bundle, file_sha256
 from fusionrec.serving.features import RequestError
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 
 RUNTIMES = {"pt2": (PROGRAM, "torch"), "onnx": (ONNX_GRAPH, "onnxruntime")}  # the graph it runs, the package
 INSTALL_HINT = "pip install 'fusionrec[serve]'"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is a ConfigError: one ``fusionrec: error:`` line, exit 2."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_bundle(directory: str | Path, runtime: str) -> Bundle:
@@ -62,7 +45,7 @@ def open_bundle(directory: str | Path, runtime: str) -> Bundle:
             if name.endswith(other_runtime_suffix):
                 continue
             raise ConfigError(f"{path}: missing, though {MANIFEST} lists it; export the bundle again")
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             raise ConfigError(f"{path}: changed since export (its sha256 differs from the one {MANIFEST} "
                               f"records); export the bundle again")
     from fusionrec.serving import load, load_onnx
@@ -78,8 +61,8 @@ def open_bundle(directory: str | Path, runtime: str) -> Bundle:
     return bundle
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="fusionrec serve", description="Serve an exported bundle over HTTP: POST /score, "
+def _parser() -> CommandParser:
+    parser = CommandParser(prog="fusionrec serve", description="Serve an exported bundle over HTTP: POST /score, "
                      "POST /recommend, GET /healthz, GET /metadata (docs/serving.md).")
     parser.add_argument("bundle", help="the directory written by fusionrec export")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

@@ -66,7 +66,7 @@ def columns_of(rows: Any) -> dict[str, list]:
                 missing = [field for field in fields if field not in row]
                 raise RequestError(f"rows[{number}]: missing field(s): {', '.join(missing)}")
         return {field: [row[field] for row in rows] for field in fields}
-    raise RequestError(f"rows: expected {{field: [values]}} or a non-empty list of {{field: value}} objects")
+    raise RequestError("rows: expected {field: [values]} or a non-empty list of {field: value} objects")
 
 
 class Scorer:
