@@ -18,6 +18,7 @@ from conftest import QUICKSTART, write_config
 from fusionrec.cli import main
 from fusionrec.data.preprocessing import Preprocessor
 from fusionrec.data.synthetic import quickstart_log
+from fusionrec.errors import ConfigError
 from fusionrec.plugins import get_registry
 from fusionrec.serving import RequestError, load, load_onnx
 from fusionrec.serving.content import ContentPreparer
@@ -32,9 +33,11 @@ TRUNKS = {"shared_bottom": {"name": "shared_bottom", "hidden": [32]},
           "pepnet": {"name": "pepnet", "tower": [16], "prior_fields": ["user_id"]},
           "scenario_towers": {"name": "scenario_towers", "base": {"name": "mmoe", "num_experts": 2,
                                                                   "expert_hidden": [32]}, "hidden": [16]}}
-# Parity is checked for every trunk; the rest, which does not depend on the trunk, for the quickstart's.
-EVERY_TRUNK = pytest.mark.parametrize("exported", list(TRUNKS), indirect=True)
-QUICKSTART_TRUNK = pytest.mark.parametrize("exported", ["mmoe"], indirect=True)
+# Parity is checked for every trunk through torch.export; ONNX parity and the rest, which do not depend
+# on the trunk, for the quickstart's (the other trunks' ONNX graphs: tests/test_export.py and
+# tests/test_scenarios.py). The other trunks' bundles are exported with --no-onnx: the ONNX export
+# of the item encoders takes most of an export's time.
+WITH_ONNX = "mmoe"
 
 
 def quickstart_config(trunk: dict) -> dict:
@@ -48,14 +51,25 @@ def quickstart_config(trunk: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exported(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"export-content-{request.param}")
-    path = write_config(root, quickstart_config(TRUNKS[request.param]))
-    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(root), "--test_after_fit", "false"]) == 0
-    checkpoint = root / "checkpoints" / "last.ckpt"
-    bundle = root / "bundle"
-    assert main(["export", "--ckpt", str(checkpoint), "--out", str(bundle), "--score", "{click: 1, like: 0.5}"]) == 0
-    return checkpoint, bundle
+def export(tmp_path_factory):
+    """``export(trunk) -> (checkpoint, bundle)``: each trunk fitted and exported once, whatever order the
+    tests run in (a parametrized module fixture would be set up again for each parametrization)."""
+    done = {}
+
+    def fitted_and_exported(trunk: str):
+        if trunk not in done:
+            root = tmp_path_factory.mktemp(f"export-content-{trunk}")
+            path = write_config(root, quickstart_config(TRUNKS[trunk]))
+            assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(root),
+                         "--test_after_fit", "false"]) == 0
+            checkpoint, bundle = root / "checkpoints" / "last.ckpt", root / "bundle"
+            no_onnx = [] if trunk == WITH_ONNX else ["--no-onnx"]
+            assert main(["export", "--ckpt", str(checkpoint), "--out", str(bundle),
+                         "--score", "{click: 1, like: 0.5}", *no_onnx]) == 0
+            done[trunk] = checkpoint, bundle
+        return done[trunk]
+
+    return fitted_and_exported
 
 
 def held_out_rows(count: int = 48) -> pd.DataFrame:
@@ -70,9 +84,8 @@ def request_rows(bundle, rows: pd.DataFrame) -> dict[str, list]:
                    for v in rows[name]] for name in bundle.manifest["preprocessing"]}
 
 
-@QUICKSTART_TRUNK
-def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(exported):
-    checkpoint, bundle = exported
+def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(export):
+    checkpoint, bundle = export(WITH_ONNX)
     manifest = json.loads((bundle / "manifest.json").read_text())
     fields = manifest["content"]["fields"]
     assert set(fields) == set(CONTENT)
@@ -101,10 +114,10 @@ def test_the_bundle_holds_item_encoders_assets_metrics_and_checksums(exported):
     assert 0.0 <= metrics["test/click/auc"] <= 1.0
 
 
-@EVERY_TRUNK
-@pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
-def test_programs_and_module_agree_on_raw_content_and_on_item_vectors(exported, loader):
-    checkpoint, bundle_dir = exported
+@pytest.mark.parametrize("trunk, loader", [*((trunk, load) for trunk in TRUNKS), (WITH_ONNX, load_onnx)],
+                         ids=[*(f"pt2-{trunk}" for trunk in TRUNKS), f"onnx-{WITH_ONNX}"])
+def test_programs_and_module_agree_on_raw_content_and_on_item_vectors(export, trunk, loader):
+    checkpoint, bundle_dir = export(trunk)
     bundle = loader(bundle_dir)
     bundle.check()  # golden rows: raw content, repeated items, a missing item and a precomputed vector, 1e-5
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
@@ -130,9 +143,17 @@ def test_programs_and_module_agree_on_raw_content_and_on_item_vectors(exported, 
         np.testing.assert_allclose(by_vector[task], expected[task], atol=1e-5, rtol=0)
 
 
-@QUICKSTART_TRUNK
-def test_content_is_prepared_as_in_training(exported):
-    checkpoint, bundle_dir = exported
+def test_no_onnx_writes_the_torch_programs_only(export):
+    _, bundle_dir = export("ple")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert not list(bundle_dir.rglob("*.onnx")) and not any(name.endswith(".onnx") for name in manifest["files"])
+    assert {entry["onnx"] for entry in manifest["content"]["fields"].values()} == {None}
+    with pytest.raises(ConfigError, match=r"no model\.onnx \(exported with --no-onnx"):
+        load_onnx(bundle_dir)
+
+
+def test_content_is_prepared_as_in_training(export):
+    checkpoint, bundle_dir = export(WITH_ONNX)
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu")
     bundle = load(bundle_dir)
     rows = held_out_rows().iloc[:8]
@@ -145,9 +166,8 @@ def test_content_is_prepared_as_in_training(exported):
             np.testing.assert_array_equal(serving[key], training[key].numpy())
 
 
-@QUICKSTART_TRUNK
-def test_bad_content_names_the_field(exported, tmp_path):
-    _, bundle_dir = exported
+def test_bad_content_names_the_field(export, tmp_path):
+    _, bundle_dir = export(WITH_ONNX)
     bundle = load(bundle_dir)
     request = request_rows(bundle, held_out_rows().iloc[:2])
     with pytest.raises(RequestError, match=r"field 'item_image': .*missing\.png.*file not found"):
@@ -159,9 +179,8 @@ def test_bad_content_names_the_field(exported, tmp_path):
         bundle.score({**request, "item_title": ["a title", [1.0, 2.0]]})
 
 
-@QUICKSTART_TRUNK
-def test_the_onnx_bundle_prepares_and_scores_content_without_torch_or_transformers(exported, tmp_path):
-    _, bundle_dir = exported
+def test_the_onnx_bundle_prepares_and_scores_content_without_torch_or_transformers(export, tmp_path):
+    _, bundle_dir = export(WITH_ONNX)
     blocked = ("torch", "transformers", "torchvision", "torchaudio", "lightning", "pytorch_lightning", "pluggy",
                "pandas", "torchmetrics", "fusionrec_media", "fusionrec_trunks", "fusionrec_heads")
     script = f"""
@@ -179,13 +198,12 @@ print(bundle.encode_items("item_title", ["a title", "another"]).shape)
     assert result.stdout.strip().splitlines()[-1] == f"(2, {dim})"
 
 
-@QUICKSTART_TRUNK
-def test_the_service_reads_media_files_only_under_its_content_root(exported):
+def test_the_service_reads_media_files_only_under_its_content_root(export):
     from fastapi.testclient import TestClient
 
     from fusionrec.serving.server import create_app
 
-    _, bundle_dir = exported
+    _, bundle_dir = export(WITH_ONNX)
     bundle = load(bundle_dir)
     golden = json.loads((bundle_dir / "golden.json").read_text())["inputs"]
     rows = {name: values[:2] for name, values in golden.items()}

@@ -161,13 +161,14 @@ class BundleWriter:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | None = None,
-                  combine: str = "product", test_metrics: bool = True) -> Path:
+                  combine: str = "product", test_metrics: bool = True, onnx: bool = True) -> Path:
     """Write the bundle of ``checkpoint`` to the directory ``out`` (which must not exist yet).
-    ``score``/``combine``: the fused score ``POST /recommend`` ranks by (see ``fusionrec recommend``)."""
+    ``score``/``combine``: the fused score ``POST /recommend`` ranks by (see ``fusionrec recommend``).
+    ``onnx``: also write the ONNX graphs, when the onnx extra is installed."""
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out}: already exists; choose a new directory")
-    with_onnx = all(importlib.util.find_spec(package) for package in ("onnx", "onnxscript"))
+    with_onnx = onnx and all(importlib.util.find_spec(package) for package in ("onnx", "onnxscript"))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -192,8 +193,12 @@ def run_export(argv: list[str]) -> int:
     parser.add_argument("--combine", default="product", choices=COMBINATIONS, help="how --score combines tasks")
     parser.add_argument("--skip-test-metrics", action="store_true",
                         help="do not evaluate the checkpoint on its test split (e.g. when its data is not here)")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="write the torch.export programs only (the ONNX export takes most of the time "
+                             "for a model with text or image fields)")
     args = parser.parse_args(argv)
-    bundle = export_bundle(args.ckpt, args.out, args.score, args.combine, not args.skip_test_metrics)
-    print(f"wrote {bundle}" + ("" if (bundle / ONNX_GRAPH).exists() else
-                                " (no ONNX graphs: pip install 'fusionrec[onnx]' for them)"))
+    bundle = export_bundle(args.ckpt, args.out, args.score, args.combine, not args.skip_test_metrics,
+                           onnx=not args.no_onnx)
+    missing_onnx = not (args.no_onnx or (bundle / ONNX_GRAPH).exists())
+    print(f"wrote {bundle}" + (" (no ONNX graphs: pip install 'fusionrec[onnx]' for them)" if missing_onnx else ""))
     return 0

@@ -35,7 +35,8 @@ def open_bundle(directory: str | Path, runtime: str) -> Bundle:
         raise ConfigError(f"{manifest_path}: not a fusionrec bundle manifest (no \"format\": \"fusionrec-bundle\")")
     program, package = RUNTIMES[runtime]
     if not (directory / program).is_file():
-        hint = " (it is written when fusionrec export runs with the onnx extra installed)" if runtime == "onnx" else ""
+        hint = (" (fusionrec export writes it when the onnx extra is installed and --no-onnx is not given)"
+                if runtime == "onnx" else "")
         raise ConfigError(f"{directory}: no {program}, which --runtime {runtime} runs{hint}")
     # Every file the manifest lists must be unchanged; only the other runtime's graphs may be absent.
     other_runtime_suffix = ".onnx" if runtime == "pt2" else ".pt2"

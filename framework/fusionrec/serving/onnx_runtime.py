@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from fusionrec.errors import ConfigError
 from fusionrec.serving.bundle import ONNX_GRAPH, Bundle
 
 
@@ -21,6 +22,9 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
 class OnnxBundle(Bundle):
     def __init__(self, directory: str | Path):
         super().__init__(directory)
+        if not (self.directory / ONNX_GRAPH).is_file():
+            raise ConfigError(f"{self.directory}: no {ONNX_GRAPH} (exported with --no-onnx or without the onnx "
+                              f"extra); load it with fusionrec.serving.load")
         self.session = _session(self.directory / ONNX_GRAPH)
         self.item_encoders = {field: _session(self.directory / entry["onnx"])
                               for field, entry in self.content_fields.items()}
