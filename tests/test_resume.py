@@ -4,6 +4,7 @@ and restarted with ``--ckpt_path last`` ends where an uninterrupted run does."""
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -24,10 +25,13 @@ def config_file(root: Path) -> Path:
     return write_config(root, config)
 
 
-def fit(root: Path, *arguments: str) -> subprocess.Popen:
+def fit(root: Path, output: str, *arguments: str) -> subprocess.Popen:
+    """``fusionrec fit`` writing its output, unbuffered, to ``root/output``: what it printed is there even
+    after a SIGKILL, and no pipe fills up while another run is awaited."""
     return subprocess.Popen([FUSIONREC, "fit", "--config", str(root / "config.yaml"),
                              "--trainer.default_root_dir", str(root), *arguments],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
+                            stdout=(root / output).open("w"), stderr=subprocess.STDOUT, cwd=root,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def final_test_metrics(root: Path) -> dict[str, float]:
@@ -37,44 +41,33 @@ def final_test_metrics(root: Path) -> dict[str, float]:
 
 
 def test_a_killed_run_resumed_from_last_ends_like_an_uninterrupted_one(tmp_path):
-    uninterrupted = tmp_path / "uninterrupted"
-    config_file(uninterrupted)
-    process = fit(uninterrupted)
-    output = process.communicate(timeout=600)[0]
-    assert process.returncode == 0, output[-3000:]
-
-    crashed = tmp_path / "crashed"
-    config_file(crashed)
-    process = fit(crashed)
+    # The uninterrupted run and the one to be killed run side by side (results do not depend on timing).
+    uninterrupted, crashed = tmp_path / "uninterrupted", tmp_path / "crashed"
+    config_file(uninterrupted), config_file(crashed)
+    reference = fit(uninterrupted, "fit.txt")
+    # --ckpt_path last before any checkpoint exists: a fresh start.
+    process = fit(crashed, "first.txt", "--ckpt_path", "last")
     deadline = time.monotonic() + 300
     while not list(crashed.glob("**/checkpoints/last.ckpt")):  # the end of the first epoch
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert f"no last.ckpt under {crashed}: starting from scratch" in (crashed / "first.txt").read_text()
     (last,) = crashed.glob("**/checkpoints/last.ckpt")
     killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert killed_at < 2  # killed before the run's end
 
-    resumed = fit(crashed, "--ckpt_path", "last")
-    output = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, output[-3000:]
-    assert f"resuming from {last}" in output
+    resumed = fit(crashed, "resumed.txt", "--ckpt_path", "last")
+    for run, output in ((reference, uninterrupted / "fit.txt"), (resumed, crashed / "resumed.txt")):
+        assert run.wait(timeout=600) == 0, output.read_text()[-3000:]
+    assert f"resuming from {last}" in (crashed / "resumed.txt").read_text()
     expected, got = final_test_metrics(uninterrupted), final_test_metrics(crashed)
     # With data.shuffle_seed the resumed epochs draw the batches the uninterrupted run drew: every test
     # metric matches (measured identical; asserted within 1e-6).
     assert expected.keys() == got.keys()
     for name, value in expected.items():
         assert abs(got[name] - value) < 1e-6, (name, got[name], value)
-
-
-def test_ckpt_path_last_without_a_checkpoint_starts_from_scratch(tmp_path):
-    root = tmp_path / "fresh"
-    config_file(root)
-    process = fit(root, "--ckpt_path", "last", "--trainer.max_epochs", "1")
-    output = process.communicate(timeout=600)[0]
-    assert process.returncode == 0, output[-3000:]
-    assert f"no last.ckpt under {root}: starting from scratch" in output
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_intact(tmp_path):
