@@ -56,6 +56,19 @@ def test_multi_categorical_ignores_padding():
     assert torch.equal(encoder(torch.zeros(1, 4, dtype=torch.long)), torch.zeros(1, 4))
 
 
+def test_multi_categorical_exports_the_same_mean_without_embedding_bag():
+    """Exported, the encoder is a gather and a masked mean (ONNX turns EmbeddingBag into a per-row loop)."""
+    info, make_ids = ENCODER_INPUTS["multi_categorical"]
+    encoder = get_registry().build("encoders", "multi_categorical", "test", info, 4).eval()
+    ids = make_ids()  # full, partly padded and all-padding rows
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(encoder, (ids,), dynamic_shapes=({0: batch},))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("embedding_bag" in target for target in targets), targets
+    torch.testing.assert_close(program.module()(ids), encoder(ids), rtol=0, atol=1e-7)
+    torch.testing.assert_close(program.module()(ids[:2]), encoder(ids[:2]), rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", sorted(get_registry().components["trunks"]))
 def test_every_trunk_gives_each_task_its_representation(name):
     factory = get_registry().get("trunks", name, "test").factory

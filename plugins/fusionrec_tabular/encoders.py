@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fusionrec.components import FieldEncoder, FieldInfo
@@ -33,6 +34,12 @@ class MultiCategoricalEncoder(FieldEncoder):
         nn.init.normal_(self.embedding.weight, std=EMBEDDING_INIT_STD)  # the padding row is never read
 
     def forward(self, ids: Tensor) -> Tensor:
+        if torch.compiler.is_exporting():
+            # The same mean as a gather and a masked sum: the ONNX exporter turns EmbeddingBag into a
+            # loop over the batch's rows, so a served batch would cost as much as its rows one by one.
+            present = (ids != 0).unsqueeze(-1)
+            total = (self.embedding.weight[ids] * present).sum(dim=1)
+            return total / present.sum(dim=1).clamp(min=1)
         return self.embedding(ids)
 
 
