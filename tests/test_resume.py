@@ -28,10 +28,11 @@ def config_file(root: Path) -> Path:
 def fit(root: Path, output: str, *arguments: str) -> subprocess.Popen:
     """``fusionrec fit`` writing its output, unbuffered, to ``root/output``: what it printed is there even
     after a SIGKILL, and no pipe fills up while another run is awaited."""
-    return subprocess.Popen([FUSIONREC, "fit", "--config", str(root / "config.yaml"),
-                             "--trainer.default_root_dir", str(root), *arguments],
-                            stdout=(root / output).open("w"), stderr=subprocess.STDOUT, cwd=root,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with (root / output).open("w") as log:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen([FUSIONREC, "fit", "--config", str(root / "config.yaml"),
+                                 "--trainer.default_root_dir", str(root), *arguments],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def final_test_metrics(root: Path) -> dict[str, float]:

@@ -37,7 +37,7 @@ class MultiCategoricalEncoder(FieldEncoder):
         if torch.compiler.is_exporting():
             # The same mean as a gather and a masked sum: the ONNX exporter turns EmbeddingBag into a
             # loop over the batch's rows, so a served batch would cost as much as its rows one by one.
-            present = (ids != 0).unsqueeze(-1)
+            present = (ids != self.embedding.padding_idx).unsqueeze(-1)
             total = (self.embedding.weight[ids] * present).sum(dim=1)
             return total / present.sum(dim=1).clamp(min=1)
         return self.embedding(ids)
