@@ -4,7 +4,8 @@ holds only the data section (the split files, the features, the batch size), ``m
 towers, optimizer, learning rate, callbacks (checkpointing, early stopping if the defaults have it),
 logger -- is whatever fusionrec's defaults are at the time of the run. Command-line additions:
 ``--seed_everything`` (the common seed), ``--trainer.default_root_dir`` (a scratch directory) and
-``--trainer.enable_progress_bar false``.
+``--trainer.enable_progress_bar false``. ``run.py --fusionrec-overrides`` merges more settings into
+that config, for trying a candidate default; the published table uses none.
 
 Training time: a callback stamps ``on_train_epoch_start`` and every ``on_train_batch_end``; an
 epoch's training time runs from its start to its last batch's end, so the validation Lightning runs
@@ -34,10 +35,12 @@ def config(dataset, paths, epochs: int, batch_size: int, model: str) -> dict:
     }
 
 
-def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, workdir: Path, **_) -> dict:
+def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, workdir: Path,
+        overrides: dict | None = None, **_) -> dict:
     import lightning.pytorch as pl
     import pandas as pd
     import yaml
+    from omegaconf import OmegaConf
 
     from fusionrec.cli import make_cli
 
@@ -55,6 +58,8 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
             self.rows += len(batch)
 
     cfg = config(dataset, paths, epochs, batch_size, model)
+    if overrides:  # run.py --fusionrec-overrides: trying a setting, not the defaults
+        cfg = OmegaConf.to_container(OmegaConf.merge(cfg, overrides))
     cfg_path = workdir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     argv = ["--config", str(cfg_path), "--seed_everything", str(seed),

@@ -67,7 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="splits, scratch directories and child logs ($FUSIONREC_PEERS_CACHE)")
     parser.add_argument("--ml100k-dir", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the child processes")
+    parser.add_argument("--fusionrec-overrides", default=None, metavar="YAML",
+                        help="merged into fusionrec's config, e.g. '{model: {embedding_dim: 8}}': for trying a "
+                             "default before changing it; the README's table uses none")
     args = parser.parse_args(argv)
+    if args.fusionrec_overrides is not None:
+        import yaml
+
+        args.fusionrec_overrides = yaml.safe_load(args.fusionrec_overrides)
+        if not isinstance(args.fusionrec_overrides, dict):
+            parser.error("--fusionrec-overrides: expected a YAML mapping such as '{model: {embedding_dim: 8}}'")
     args.seeds = train_seeds(parser, args)
     return args
 
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fusionrec vs peers: datasets {args.datasets}, models {args.models}, frameworks {args.frameworks}, "
           f"epochs {args.epochs}, batch {args.batch_size}, data seed {args.seed}, training seeds {args.seeds}; "
           f"work dir {run_dir}", flush=True)
+    if args.fusionrec_overrides:
+        print(f"fusionrec runs with --fusionrec-overrides {args.fusionrec_overrides}: not its defaults", flush=True)
 
     prepared, task_names = {}, {}
     for name in args.datasets:
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 "framework": framework, "model": model, "epochs": args.epochs, "batch_size": args.batch_size,
                 "eval_batch_size": args.eval_batch_size, "seed": seed, "threads": args.threads,
                 "rechub_embedding_dim": args.rechub_embedding_dim,
-                "deepctr_embedding_dim": args.deepctr_embedding_dim}
+                "deepctr_embedding_dim": args.deepctr_embedding_dim, "fusionrec_overrides": args.fusionrec_overrides}
         workdir = run_dir / f"{dataset}-{model}-{framework}-seed{seed}"
         spec["workdir"] = str(workdir / "scratch")
         result, facts = run_child(args, "train", spec, workdir)

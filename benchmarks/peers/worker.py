@@ -57,6 +57,8 @@ def train(spec: dict) -> dict:
     options = {}
     if spec["framework"] == "deepctr-torch" and spec.get("deepctr_embedding_dim"):
         options["embedding_dim"] = spec["deepctr_embedding_dim"]
+    if spec["framework"] == "fusionrec" and spec.get("fusionrec_overrides"):
+        options["overrides"] = spec["fusionrec_overrides"]
     if spec["framework"] == "torch-rechub":
         options["embedding_dim"] = spec["rechub_embedding_dim"]
     result = adapter.run(dataset, paths, spec["model"], epochs=spec["epochs"], batch_size=spec["batch_size"],
