@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = args.cache_dir / "runs" / stamp
+    (args.cache_dir / "runs").mkdir(parents=True, exist_ok=True)
+    # A run of its own even when another starts within the same second.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=args.cache_dir / "runs"))
     meta = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "cores": os.cpu_count(), "platform": platform.platform(), "loadavg_start": loadavg(),
