@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metrics import EVALUATED_SPLITS
+
 
 def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, workdir: Path,
         eval_batch_size: int, embedding_dim: int | None = None, **_) -> dict:
@@ -63,8 +65,10 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
     clock = EpochClock()
     network.fit(dict(inputs.x["train"]), inputs.y["train"], batch_size=batch_size, epochs=epochs, verbose=0,
                 callbacks=[clock])
-    predicted = network.predict(dict(inputs.x["test"]), batch_size=eval_batch_size)
-    predictions = {name: predicted[:, i] for i, name in enumerate(dataset.task_names)}
+    predictions = {}
+    for split in EVALUATED_SPLITS:
+        predicted = network.predict(dict(inputs.x[split]), batch_size=eval_batch_size)
+        predictions[split] = {name: predicted[:, i] for i, name in enumerate(dataset.task_names)}
     embedding_dims = sorted({c.embedding_dim for c in columns if isinstance(c, SparseFeat)})
     sizes = {name: getattr(network, name) for name in ("bottom_dnn_hidden_units", "num_experts",
                                                        "expert_dnn_hidden_units", "gate_dnn_hidden_units",
@@ -73,7 +77,7 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
              if hasattr(network, name)}
     return {
         "predictions": predictions,
-        "test_frame": inputs.frames["test"],
+        "frames": {split: inputs.frames[split] for split in EVALUATED_SPLITS},
         "params": sum(p.numel() for p in network.parameters()),
         "train_rows": len(inputs.y["train"]) * len(clock.epoch_seconds),
         "train_seconds": sum(clock.epoch_seconds),

@@ -11,7 +11,7 @@ Training time: a callback stamps ``on_train_epoch_start`` and every ``on_train_b
 epoch's training time runs from its start to its last batch's end, so the validation Lightning runs
 after the last batch (and the sanity check before the first epoch) is not counted.
 
-Test predictions: ``trainer.predict`` on the test split with the best checkpoint
+Predictions: ``trainer.predict`` on the validation and the test split with the best checkpoint
 (``trainer.checkpoint_callback.best_model_path``) if there is one, else the current weights.
 """
 
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metrics import EVALUATED_SPLITS
 
 
 def config(dataset, paths, epochs: int, batch_size: int, model: str) -> dict:
@@ -74,23 +76,18 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
 
     checkpoint = cli.trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
-    outputs = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
-    index = np.concatenate([step["index"].numpy() for step in outputs])
-    predictions = {}
-    for name in dataset.task_names:
-        scores = np.empty(len(index), dtype=np.float64)
-        scores[index] = np.concatenate([step[name].float().numpy() for step in outputs])
-        predictions[name] = scores
-    test = pd.read_parquet(paths["test"], columns=dataset.task_names)
-    if len(index) != len(test) or len(np.unique(index)) != len(test):
-        raise RuntimeError(f"fusionrec predicted {len(index)} rows ({len(np.unique(index))} distinct) "
-                           f"for a test split of {len(test)}")
+    loaders = {"val": cli.datamodule.val_dataloader, "test": cli.datamodule.predict_dataloader}
+    predictions, frames = {}, {}
+    for split in EVALUATED_SPLITS:
+        outputs = cli.trainer.predict(cli.model, dataloaders=loaders[split](), ckpt_path=best or None)
+        frames[split] = pd.read_parquet(paths[split], columns=dataset.task_names)
+        predictions[split] = _in_file_order(outputs, dataset.task_names, len(frames[split]), split)
 
     trunk = cli.model.model.trunk
     hparams = {k: v for k, v in cli.model.hparams.items() if k not in ("preprocessing", "tasks") and not k.startswith("_")}
     return {
         "predictions": predictions,
-        "test_frame": test,
+        "frames": frames,
         "params": sum(p.numel() for p in cli.model.parameters()),
         "train_rows": clock.rows,
         "train_seconds": sum(clock.epoch_seconds),
@@ -109,6 +106,19 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
             "stopped_early": bool(getattr(cli.trainer, "should_stop", False)) and len(clock.epoch_seconds) < epochs,
         },
     }
+
+
+def _in_file_order(outputs: list[dict], tasks: list[str], rows: int, split: str) -> dict[str, np.ndarray]:
+    """``trainer.predict``'s per-batch outputs as one score per row of the split's file, in file order."""
+    index = np.concatenate([step["index"].numpy() for step in outputs])
+    if len(index) != rows or len(np.unique(index)) != rows:
+        raise RuntimeError(f"fusionrec predicted {len(index)} rows ({len(np.unique(index))} distinct) "
+                           f"for a {split} split of {rows}")
+    scores = {}
+    for name in tasks:
+        scores[name] = np.empty(rows, dtype=np.float64)
+        scores[name][index] = np.concatenate([step[name].float().numpy() for step in outputs])
+    return scores
 
 
 def _describe_callback(callback) -> str:

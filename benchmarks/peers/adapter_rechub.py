@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metrics import EVALUATED_SPLITS
+
 
 def fusionrec_default_sizes(model: str) -> dict:
     """fusionrec's default trunk options and head tower (whatever fusionrec's defaults are now)."""
@@ -97,13 +99,15 @@ def run(dataset, paths, model: str, epochs: int, batch_size: int, seed: int, wor
     trainer.fit(train_loader, val_loader)
 
     stopper = trainer.early_stopper
-    test_loader = DataLoader(PredictDataset(inputs.x["test"]), batch_size=eval_batch_size, shuffle=False)
-    predicted = np.asarray(trainer.predict(trainer.model, test_loader), dtype=np.float64)
-    predictions = {name: predicted[:, i] for i, name in enumerate(dataset.task_names)}
+    predictions = {}
+    for split in EVALUATED_SPLITS:
+        loader = DataLoader(PredictDataset(inputs.x[split]), batch_size=eval_batch_size, shuffle=False)
+        predicted = np.asarray(trainer.predict(trainer.model, loader), dtype=np.float64)
+        predictions[split] = {name: predicted[:, i] for i, name in enumerate(dataset.task_names)}
     optimizer = trainer.optimizer
     return {
         "predictions": predictions,
-        "test_frame": inputs.frames["test"],
+        "frames": {split: inputs.frames[split] for split in EVALUATED_SPLITS},
         "params": sum(p.numel() for p in trainer.model.parameters()),
         "train_rows": len(inputs.y["train"]) * len(epoch_seconds),
         "train_seconds": sum(epoch_seconds),

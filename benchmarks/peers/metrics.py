@@ -1,11 +1,16 @@
-"""Test metrics, the same code for every framework: each adapter hands over its predicted
-probabilities (binary tasks) or values (regression) for the test split in file row order, and the
-labels come from the test Parquet file itself, never from a framework's own label encoding."""
+"""Held-out metrics, the same code for every framework: each adapter hands over its predicted
+probabilities (binary tasks) or values (regression) for the validation and the test split in file
+row order, and the labels come from the split's Parquet file itself, never from a framework's own
+label encoding."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# Both held-out splits, scored with the model each framework ends with. The test split makes the
+# table; the validation split shows whether a framework's lead there holds on another period (on
+# ml-100k, split by time, the two periods can disagree).
+EVALUATED_SPLITS = ("val", "test")
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before the logloss, for every framework alike
 
 
@@ -15,7 +20,7 @@ def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
     if labels.shape != predictions.shape:
-        raise ValueError(f"{len(predictions)} predictions for {len(labels)} test rows")
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} rows")
     if not np.isfinite(predictions).all():
         return {"auc": float("nan"), "logloss": float("nan")} if kind == "binary" else {"rmse": float("nan")}
     if kind == "binary":
@@ -27,6 +32,7 @@ def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def all_metrics(tasks, test_frame, predictions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """``tasks``: ``[(name, kind), ...]``; ``predictions[name]``: one score per test row, file order."""
-    return {name: task_metrics(kind, test_frame[name].to_numpy(), predictions[name]) for name, kind in tasks}
+def all_metrics(tasks, frame, predictions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``tasks``: ``[(name, kind), ...]``; ``predictions[name]``: one score per row of ``frame`` (a
+    split's file), in file order."""
+    return {name: task_metrics(kind, frame[name].to_numpy(), predictions[name]) for name, kind in tasks}

@@ -2,8 +2,9 @@
 size and epoch budget, each framework with its own defaults; one table and a JSON file.
 
 For every dataset x model (shared_bottom, mmoe, ple) x framework, one child process (``worker.py``)
-reads the dataset's split from Parquet, trains, predicts the test split and computes the test metrics
-with the shared code (``metrics.py``: scikit-learn AUC / logloss on probabilities, RMSE on values).
+reads the dataset's split from Parquet, trains, predicts the validation and test splits and computes
+their metrics with the shared code (``metrics.py``: scikit-learn AUC / logloss on probabilities, RMSE
+on values).
 The child times training only (evaluation excluded) and this process reads the child's peak RSS with
 ``os.wait4`` (``ru_maxrss``). This process imports nothing heavy (no torch, no pandas), so its own
 memory does not leak into a child's figure.
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "every dataset, or per dataset 'generated=0 ml100k=0,1,2'")
     parser.add_argument("--batch-size", type=int, default=1024, help="training batch size, every framework")
     parser.add_argument("--eval-batch-size", type=int, default=8192,
-                        help="batch size for predicting the test split (the peers' own default elsewhere)")
+                        help="batch size for predicting the held-out splits (the peers' own default elsewhere)")
     parser.add_argument("--rechub-embedding-dim", type=int, default=16,
                         help="torch-rechub needs one (its per-feature auto size crashes the multi-task models)")
     parser.add_argument("--deepctr-embedding-dim", type=int, default=None,
@@ -159,18 +160,24 @@ def aggregate(runs: list[dict]) -> list[dict]:
         if failed:
             rows.append({**row, "error": failed[0]["error"]})
             continue
-        metrics = {}
-        for task, scores in group[0]["metrics"].items():
-            metrics[task] = {}
-            for metric in scores:
-                values = [r["metrics"][task][metric] for r in group]
-                metrics[task][metric] = statistics.fmean(values)
-                if len(values) > 1:
-                    metrics[task][f"{metric}_sd"] = statistics.stdev(values)
-        rows.append({**row, "metrics": metrics, "params": group[0]["params"],
+        metrics = {key: _seed_means(group, key) for key in ("metrics", "val_metrics")}
+        rows.append({**row, **metrics, "params": group[0]["params"],
                      **{key: statistics.fmean(r[key] for r in group)
                         for key in ("rows_per_s", "epochs_run", "train_seconds")}})
     return rows
+
+
+def _seed_means(group: list[dict], key: str) -> dict:
+    """``{task: {metric: mean over seeds, metric_sd: sd}}`` of each run's ``run[key]``."""
+    means = {}
+    for task, scores in group[0][key].items():
+        means[task] = {}
+        for metric in scores:
+            values = [r[key][task][metric] for r in group]
+            means[task][metric] = statistics.fmean(values)
+            if len(values) > 1:
+                means[task][f"{metric}_sd"] = statistics.stdev(values)
+    return means
 
 
 def ratios(results: list[dict]) -> None:
@@ -185,18 +192,20 @@ def ratios(results: list[dict]) -> None:
 
 def table(results: list[dict], task_names: dict[str, list[str]]) -> str:
     header = ["dataset", "model", "framework", "params", "epochs", "task 1: AUC / logloss",
-              "task 2: AUC / logloss or RMSE", "train rows/s", "fusionrec ÷ peer rows/s", "peak RSS MiB", "train s"]
+              "task 2: AUC / logloss or RMSE", "task 1 on the validation split", "train rows/s",
+              "fusionrec ÷ peer rows/s", "peak RSS MiB", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         if r.get("error"):
             cells = [r["dataset"], r["model"], r["framework"], "", "", "FAILED: " + r["error"].splitlines()[-1][:80],
-                     "", "", "", f"{r['peak_rss_mib']:,.0f}", ""]
+                     "", "", "", "", f"{r['peak_rss_mib']:,.0f}", ""]
         else:
             tasks = task_names[r["dataset"]]
             ratio = r.get("fusionrec_over_peer_rows_per_s")
             cells = [r["dataset"], r["model"], r["framework"], f"{r['params']:,}", f"{r['epochs_run']:.3g}",
                      fmt_task(tasks[0], r["metrics"].get(tasks[0])), fmt_task(tasks[1], r["metrics"].get(tasks[1])),
-                     f"{r['rows_per_s']:,.0f}", f"{ratio:.2f}" if ratio else "—",
+                     fmt_task(tasks[0], r["val_metrics"].get(tasks[0])), f"{r['rows_per_s']:,.0f}",
+                     f"{ratio:.2f}" if ratio else "—",
                      f"{r['peak_rss_mib']:,.0f}", f"{r['train_seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -212,10 +221,11 @@ def rankings(summary: list[dict], task_names: dict[str, list[str]]) -> str:
             cells.setdefault((row["dataset"], row["model"]), []).append(row)
     for (dataset, model), rows in cells.items():
         for task in task_names[dataset]:
-            metric = "auc" if "auc" in rows[0]["metrics"][task] else "rmse"
-            ranked = sorted(rows, key=lambda r: r["metrics"][task][metric], reverse=metric == "auc")
-            order = ", ".join(f"{r['framework']} {r['metrics'][task][metric]:.4f}" for r in ranked)
-            lines.append(f"{dataset} {model} {task} {metric.upper()}, best first: {order}")
+            for split, key in (("", "metrics"), (" on the validation split", "val_metrics")):
+                metric = "auc" if "auc" in rows[0][key][task] else "rmse"
+                ranked = sorted(rows, key=lambda r: r[key][task][metric], reverse=metric == "auc")
+                order = ", ".join(f"{r['framework']} {r[key][task][metric]:.4f}" for r in ranked)
+                lines.append(f"{dataset} {model} {task} {metric.upper()}{split}, best first: {order}")
     return "\n".join(lines)
 
 
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "cores": os.cpu_count(), "platform": platform.platform(), "loadavg_start": loadavg(),
             "peak_rss": "ru_maxrss of each child process (os.wait4): the whole process -- imports, reading the "
-                        "split, preprocessing, training, predicting the test split",
+                        "split, preprocessing, training, predicting the validation and test splits",
             "train_rows_per_s": "training rows / training seconds, all epochs; evaluation excluded"}
     print(f"fusionrec vs peers: datasets {args.datasets}, models {args.models}, frameworks {args.frameworks}, "
           f"epochs {args.epochs}, batch {args.batch_size}, data seed {args.seed}, training seeds {args.seeds}; "
@@ -294,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(rankings(summary, task_names))
     print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k = liked (AUC / logloss) / "
-          f"rating (RMSE). Test split of each dataset; metrics by the same scikit-learn code for every framework; "
+          f"rating (RMSE). Test split of each dataset (and task 1 on the validation split, same model); metrics "
+          f"by the same scikit-learn code for every framework; "
           f"training seeds {', '.join(f'{d} {args.seeds[d]}' for d in args.datasets)} (mean ± sd where several).\n"
           f"train rows/s: training rows over training seconds, all epochs, evaluation excluded. peak RSS: ru_maxrss "
-          f"of the framework's own process (imports, data, training, test predictions).\n"
+          f"of the framework's own process (imports, data, training, predictions).\n"
           f"load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}; "
           f"{os.cpu_count()} cores; wall time {meta['wall_s'] / 60:.1f} min. Child logs under {run_dir}.")
     if args.json:

@@ -63,13 +63,16 @@ def train(spec: dict) -> dict:
         options["embedding_dim"] = spec["rechub_embedding_dim"]
     result = adapter.run(dataset, paths, spec["model"], epochs=spec["epochs"], batch_size=spec["batch_size"],
                          seed=spec["seed"], workdir=workdir, eval_batch_size=spec["eval_batch_size"], **options)
-    scores = metrics.all_metrics(dataset.tasks, result.pop("test_frame"), result.pop("predictions"))
+    frames, predictions = result.pop("frames"), result.pop("predictions")
+    scores = {split: metrics.all_metrics(dataset.tasks, frames[split], predictions[split])
+              for split in metrics.EVALUATED_SPLITS}
 
     import torch
 
     return {
         **result,
-        "metrics": scores,
+        "metrics": scores["test"],
+        "val_metrics": scores["val"],
         "rows_per_s": result["train_rows"] / result["train_seconds"] if result["train_seconds"] else None,
         "maxrss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": time.perf_counter() - began,
