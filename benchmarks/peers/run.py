@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets  # the split definitions only: os/pathlib imports, nothing heavy
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATASETS = ("generated", "ml100k")
@@ -62,11 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads in every child (default: torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="write every result and setting here")
-    parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("FUSIONREC_PEERS_CACHE",
-                                                    Path(tempfile.gettempdir()) / "fusionrec-peers")),
+    parser.add_argument("--cache-dir", type=Path, default=datasets.default_cache(),
                         help="splits, scratch directories and child logs ($FUSIONREC_PEERS_CACHE)")
-    parser.add_argument("--ml100k-dir", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--ml100k-dir", type=Path, default=datasets.ML100K_DIR)
     parser.add_argument("--python", default=sys.executable, help="interpreter for the child processes")
     parser.add_argument("--fusionrec-overrides", default=None, metavar="YAML",
                         help="merged into fusionrec's config, e.g. '{model: {embedding_dim: 8}}': for trying a "

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=("ml100k", "generated"), default="ml100k")
     parser.add_argument("--rows", type=int, default=600_000, help="rows of the generated log (as run.py)")
     parser.add_argument("--cache-dir", type=Path, default=datasets.default_cache())
-    parser.add_argument("--ml100k-dir", type=Path, default=datasets.REPO.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--ml100k-dir", type=Path, default=datasets.ML100K_DIR)
     args = parser.parse_args(argv)
     dataset = (datasets.ml100k(args.ml100k_dir) if args.dataset == "ml100k"
                else datasets.generated(args.rows))
