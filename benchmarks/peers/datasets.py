@@ -7,6 +7,13 @@ repository), and what every framework reads from them: feature columns and tasks
 - ``ml100k``: MovieLens 100K read in place from ``../shared/data/ml-100k`` (ratings left-joined with
   the user and item tables), tasks ``liked`` (binary, rating >= 4) and ``rating`` (regression);
   time-ordered 80/10/10 split. ``liked`` is written as a column so every framework reads the same label.
+  Held out by time over the whole log, ~85% of the validation and test rows are users the training
+  split never saw: a cold-start test whose ``liked`` ranking across users rests on ~170 new users'
+  demographics.
+- ``ml100k-per-user``: the same rows, tasks and features, split within each user: a user's ratings
+  in time order, the first 80% for training, the next 10% validation, the last 10% test (every
+  ml-100k user has >= 20 ratings, so each user is in all three). Every held-out user is known: the
+  warm-user protocol (RecBole's ``group_by: user`` with time order).
 
 Only numpy/pandas here: the split is made once, by this code, and every framework reads the files.
 """
@@ -49,17 +56,19 @@ def generated(rows: int, users: int = 50_000, items: int = 20_000, seed: int = 0
                    {"rows": rows, "users": users, "items": items, "seed": seed})
 
 
-def ml100k(directory: str | Path) -> Dataset:
-    return Dataset("ml100k", ("user_id", "item_id", "gender", "occupation", "release_year"), ("age",),
-                   (("liked", "binary"), ("rating", "regression")), "time-ordered 80/10/10",
-                   {"directory": str(Path(directory).resolve())})
+def ml100k(directory: str | Path, per_user: bool = False) -> Dataset:
+    name, split = ("ml100k-per-user", "each user's ratings time-ordered 80/10/10") if per_user else \
+        ("ml100k", "time-ordered 80/10/10")
+    return Dataset(name, ("user_id", "item_id", "gender", "occupation", "release_year"), ("age",),
+                   (("liked", "binary"), ("rating", "regression")), split,
+                   {"directory": str(Path(directory).resolve()), "per_user": per_user})
 
 
 def make(name: str, args) -> Dataset:
     if name == "generated":
         return generated(args.rows, args.users, args.items, args.seed)
-    if name == "ml100k":
-        return ml100k(args.ml100k_dir)
+    if name in ("ml100k", "ml100k-per-user"):
+        return ml100k(args.ml100k_dir, per_user=name == "ml100k-per-user")
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -74,7 +83,7 @@ def split_dir(dataset: Dataset, cache: Path) -> Path:
 
         p = dataset.params
         return cache / f"generated-r{p['rows']}-u{p['users']}-i{p['items']}-s{p['seed']}-v{GENERATOR_VERSION}"
-    return cache / "ml100k-time-80-10-10"
+    return cache / ("ml100k-per-user-time-80-10-10" if dataset.params["per_user"] else "ml100k-time-80-10-10")
 
 
 def split_paths(dataset: Dataset, cache: Path) -> dict[str, Path]:
@@ -85,10 +94,11 @@ def split_paths(dataset: Dataset, cache: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- preparing the split
 
 
-def _cut(n: int, ratios=(0.8, 0.1, 0.1)):
+def _cut(n, ratios=(0.8, 0.1, 0.1)):
+    """Where the training and the validation part end, for ``n`` rows (or each of an array of counts)."""
     import numpy as np
 
-    return np.round(np.cumsum(ratios)[:2] * n).astype(int)
+    return np.round(np.multiply.outer(n, np.cumsum(ratios)[:2])).astype(int)
 
 
 def _generated_frame(dataset: Dataset):
@@ -128,9 +138,25 @@ def _ml100k_frame(dataset: Dataset):
     frame["age"] = pd.to_numeric(frame["age"]).astype(float)
     frame["liked"] = (frame["rating"] >= 4).astype("int8")
     order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
-    parts = np.split(order, _cut(len(frame)))
+    if dataset.params["per_user"]:
+        parts = _per_user_parts(frame["user_id"].to_numpy()[order], order)
+    else:
+        parts = np.split(order, _cut(len(frame)))
     columns = [*dataset.categorical, *dataset.numeric, *dataset.task_names, "timestamp"]
     return {name: frame.iloc[rows][columns].reset_index(drop=True) for name, rows in zip(SPLITS, parts)}
+
+
+def _per_user_parts(users, order):
+    """``order`` (row numbers by time) cut into train/val/test within each user by ``_cut`` of the
+    user's row count; each part stays in time order."""
+    import numpy as np
+    import pandas as pd
+
+    grouped = pd.Series(users).groupby(users, sort=False)
+    position = grouped.cumcount().to_numpy()  # 0, 1, ... in time order within each user
+    train_end, val_end = _cut(grouped.transform("size").to_numpy()).T
+    part = np.where(position < train_end, 0, np.where(position < val_end, 1, 2))
+    return [order[part == k] for k in range(len(SPLITS))]
 
 
 def prepare(dataset: Dataset, cache: Path) -> dict[str, Path]:

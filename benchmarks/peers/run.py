@@ -33,7 +33,7 @@ import datasets  # the split definitions only: os/pathlib imports, nothing heavy
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DATASETS = ("generated", "ml100k")
+DATASETS = ("generated", "ml100k", "ml100k-per-user")
 MODELS = ("shared_bottom", "mmoe", "ple")
 FRAMEWORKS = ("fusionrec", "torch-rechub", "deepctr-torch")
 REFERENCE = "fusionrec"
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summary, task_names))
     print()
     print(rankings(summary, task_names))
-    print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k = liked (AUC / logloss) / "
+    print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k, ml100k-per-user = liked (AUC / logloss) / "
           f"rating (RMSE). Test split of each dataset (and task 1 on the validation split, same model); metrics "
           f"by the same scikit-learn code for every framework; "
           f"training seeds {', '.join(f'{d} {args.seeds[d]}' for d in args.datasets)} (mean ± sd where several).\n"

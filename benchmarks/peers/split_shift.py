@@ -42,13 +42,13 @@ def single_feature_scores(train: pd.DataFrame, frame: pd.DataFrame, column: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=("ml100k", "generated"), default="ml100k")
+    parser.add_argument("--dataset", choices=("ml100k", "ml100k-per-user", "generated"), default="ml100k")
     parser.add_argument("--rows", type=int, default=600_000, help="rows of the generated log (as run.py)")
     parser.add_argument("--cache-dir", type=Path, default=datasets.default_cache())
     parser.add_argument("--ml100k-dir", type=Path, default=datasets.ML100K_DIR)
     args = parser.parse_args(argv)
-    dataset = (datasets.ml100k(args.ml100k_dir) if args.dataset == "ml100k"
-               else datasets.generated(args.rows))
+    dataset = (datasets.generated(args.rows) if args.dataset == "generated"
+               else datasets.ml100k(args.ml100k_dir, per_user=args.dataset == "ml100k-per-user"))
     paths = datasets.prepare(dataset, args.cache_dir)
     frames = {split: pd.read_parquet(path) for split, path in paths.items()}
     label = next(name for name, kind in dataset.tasks if kind == "binary")
