@@ -30,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SPLITS = ("train", "val", "test")
+NAMES = ("generated", "ml100k", "ml100k-per-user")
 ML100K_DIR = REPO.parent / "shared" / "data" / "ml-100k"  # read in place, never copied
 
 

@@ -33,7 +33,7 @@ import datasets  # the split definitions only: os/pathlib imports, nothing heavy
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DATASETS = ("generated", "ml100k", "ml100k-per-user")
+DATASETS = datasets.NAMES
 MODELS = ("shared_bottom", "mmoe", "ple")
 FRAMEWORKS = ("fusionrec", "torch-rechub", "deepctr-torch")
 REFERENCE = "fusionrec"

@@ -42,7 +42,7 @@ def single_feature_scores(train: pd.DataFrame, frame: pd.DataFrame, column: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=("ml100k", "ml100k-per-user", "generated"), default="ml100k")
+    parser.add_argument("--dataset", choices=datasets.NAMES, default="ml100k")
     parser.add_argument("--rows", type=int, default=600_000, help="rows of the generated log (as run.py)")
     parser.add_argument("--cache-dir", type=Path, default=datasets.default_cache())
     parser.add_argument("--ml100k-dir", type=Path, default=datasets.ML100K_DIR)
