@@ -84,7 +84,7 @@ def split_dir(dataset: Dataset, cache: Path) -> Path:
 
         p = dataset.params
         return cache / f"generated-r{p['rows']}-u{p['users']}-i{p['items']}-s{p['seed']}-v{GENERATOR_VERSION}"
-    return cache / ("ml100k-per-user-time-80-10-10" if dataset.params["per_user"] else "ml100k-time-80-10-10")
+    return cache / f"{dataset.name}-time-80-10-10"
 
 
 def split_paths(dataset: Dataset, cache: Path) -> dict[str, Path]:

@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summary, task_names))
     print()
     print(rankings(summary, task_names))
-    print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k, ml100k-per-user = liked (AUC / logloss) / "
-          f"rating (RMSE). Test split of each dataset (and task 1 on the validation split, same model); metrics "
+    print(f"\ntask 1 / task 2: generated = click / conversion (both AUC / logloss); ml100k, ml100k-per-user = "
+          f"liked (AUC / logloss) / rating (RMSE). Test split of each dataset (and task 1 on the validation split, same model); metrics "
           f"by the same scikit-learn code for every framework; "
           f"training seeds {', '.join(f'{d} {args.seeds[d]}' for d in args.datasets)} (mean ± sd where several).\n"
           f"train rows/s: training rows over training seconds, all epochs, evaluation excluded. peak RSS: ru_maxrss "
