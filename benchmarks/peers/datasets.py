@@ -30,7 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SPLITS = ("train", "val", "test")
-NAMES = ("generated", "ml100k", "ml100k-per-user")
 ML100K_DIR = REPO.parent / "shared" / "data" / "ml-100k"  # read in place, never copied
 
 
@@ -57,19 +56,21 @@ def generated(rows: int, users: int = 50_000, items: int = 20_000, seed: int = 0
                    {"rows": rows, "users": users, "items": items, "seed": seed})
 
 
-def ml100k(directory: str | Path, per_user: bool = False) -> Dataset:
-    name, split = ("ml100k-per-user", "each user's ratings time-ordered 80/10/10") if per_user else \
-        ("ml100k", "time-ordered 80/10/10")
+ML100K_SPLITS = {"ml100k": "time-ordered 80/10/10", "ml100k-per-user": "each user's ratings time-ordered 80/10/10"}
+NAMES = ("generated", *ML100K_SPLITS)
+
+
+def ml100k(directory: str | Path, name: str = "ml100k") -> Dataset:
     return Dataset(name, ("user_id", "item_id", "gender", "occupation", "release_year"), ("age",),
-                   (("liked", "binary"), ("rating", "regression")), split,
-                   {"directory": str(Path(directory).resolve()), "per_user": per_user})
+                   (("liked", "binary"), ("rating", "regression")), ML100K_SPLITS[name],
+                   {"directory": str(Path(directory).resolve()), "per_user": name == "ml100k-per-user"})
 
 
 def make(name: str, args) -> Dataset:
     if name == "generated":
         return generated(args.rows, args.users, args.items, args.seed)
-    if name in ("ml100k", "ml100k-per-user"):
-        return ml100k(args.ml100k_dir, per_user=name == "ml100k-per-user")
+    if name in ML100K_SPLITS:
+        return ml100k(args.ml100k_dir, name)
     raise ValueError(f"unknown dataset {name!r}")
 
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ml100k-dir", type=Path, default=datasets.ML100K_DIR)
     args = parser.parse_args(argv)
     dataset = (datasets.generated(args.rows) if args.dataset == "generated"
-               else datasets.ml100k(args.ml100k_dir, per_user=args.dataset == "ml100k-per-user"))
+               else datasets.ml100k(args.ml100k_dir, args.dataset))
     paths = datasets.prepare(dataset, args.cache_dir)
     frames = {split: pd.read_parquet(path) for split, path in paths.items()}
     label = next(name for name, kind in dataset.tasks if kind == "binary")
