@@ -14,7 +14,9 @@ EVALUATED_SPLITS = ("val", "test")
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before the logloss, for every framework alike
 
 
-def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray,
+                 weights: np.ndarray | None = None) -> dict[str, float]:
+    """``weights``: one per row (``user_bootstrap.py``'s resampled users); none = every row once."""
     from sklearn.metrics import log_loss, mean_squared_error, roc_auc_score
 
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -25,10 +27,10 @@ def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict
         return {"auc": float("nan"), "logloss": float("nan")} if kind == "binary" else {"rmse": float("nan")}
     if kind == "binary":
         probabilities = np.clip(predictions, EPS, 1 - EPS)
-        return {"auc": float(roc_auc_score(labels, probabilities)),
-                "logloss": float(log_loss(labels, probabilities, labels=[0, 1]))}
+        return {"auc": float(roc_auc_score(labels, probabilities, sample_weight=weights)),
+                "logloss": float(log_loss(labels, probabilities, labels=[0, 1], sample_weight=weights))}
     if kind == "regression":
-        return {"rmse": float(np.sqrt(mean_squared_error(labels, predictions)))}
+        return {"rmse": float(np.sqrt(mean_squared_error(labels, predictions, sample_weight=weights)))}
     raise ValueError(f"unknown task kind {kind!r}")
 
 

@@ -282,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 "deepctr_embedding_dim": args.deepctr_embedding_dim, "fusionrec_overrides": args.fusionrec_overrides}
         workdir = run_dir / f"{dataset}-{model}-{framework}-seed{seed}"
         spec["workdir"] = str(workdir / "scratch")
+        spec["predictions"] = str(workdir / "predictions.npz")
         result, facts = run_child(args, "train", spec, workdir)
         entry = {"dataset": dataset, "model": model, "framework": framework, "seed": seed, **(result or {}), **facts}
+        if result is not None:
+            entry["predictions"] = spec["predictions"]
         results.append(entry)
         if result is None:
             print(f"[{number}/{len(jobs)}] {dataset} {model} {framework} seed {seed}: FAILED (log {facts['log']})\n"

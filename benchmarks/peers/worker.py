@@ -66,6 +66,7 @@ def train(spec: dict) -> dict:
     frames, predictions = result.pop("frames"), result.pop("predictions")
     scores = {split: metrics.all_metrics(dataset.tasks, frames[split], predictions[split])
               for split in metrics.EVALUATED_SPLITS}
+    save_predictions(Path(spec["predictions"]), predictions)
 
     import torch
 
@@ -81,6 +82,17 @@ def train(spec: dict) -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+
+
+def save_predictions(path: Path, predictions: dict) -> None:
+    """Every held-out row's score, ``{split}/{task}`` in the split file's row order, for analyses
+    that resample rows (``user_bootstrap.py``); written whole or not at all."""
+    import numpy as np
+
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, **{f"{split}/{task}": np.asarray(values, dtype=np.float64).reshape(-1)
+                                    for split, tasks in predictions.items() for task, values in tasks.items()})
+    os.replace(partial, path)
 
 
 def main() -> None:
