@@ -110,5 +110,6 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"| {dataset} | {model} | {name} | {split} | {cell['users']} | {cell['observed']:+.4f} | "
                       f"[{cell['low']:+.4f}, {cell['high']:+.4f}] | {cell['first_ahead']:.1%} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
