@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,7 @@ def peers():
         import user_bootstrap
         import worker
 
-        yield type("Peers", (), {"datasets": datasets, "metrics": metrics, "worker": worker,
-                                 "user_bootstrap": user_bootstrap})
+        yield SimpleNamespace(datasets=datasets, metrics=metrics, worker=worker, user_bootstrap=user_bootstrap)
     finally:
         sys.path.remove(str(PEERS))
         for name in PEER_MODULES:
@@ -150,6 +150,12 @@ def test_bootstrap_prints_one_row_per_split_and_task(peers, tmp_path, capsys):
     assert [row.split(" | ")[2:4] for row in rows] == [["liked AUC", "val"], ["rating RMSE", "val"],
                                                         ["liked AUC", "test"], ["rating RMSE", "test"]]
     assert all(row.endswith("| 100.0% |") for row in rows)  # the less noisy framework, every resample
+
+    # A failed seed leaves the cell out (run.py's table fails that row too), not compared on fewer seeds.
+    results.write_text(results.read_text().replace('"seed": 1,', '"seed": 1, "error": "killed",', 1))
+    with pytest.raises(SystemExit, match="no dataset x model that both"):
+        peers.user_bootstrap.main([str(results), "--resamples", "50"])
+    assert "ml100k ple: left out, failed runs (fusionrec seed 1)" in capsys.readouterr().err
 
 
 def test_bootstrap_refuses_runs_without_predictions_and_one_framework_twice(peers, tmp_path, capsys):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,17 @@ USER_COLUMN = "user_id"
 
 
 def compared_cells(results: dict, frameworks: list[str]) -> list[tuple[str, str, dict[str, list[dict]]]]:
-    """``(dataset, model, {framework: its finished runs})`` for every cell both frameworks ran."""
+    """``(dataset, model, {framework: its runs})`` for every cell both frameworks ran; a cell with a
+    failed seed is left out, as run.py's table fails its row, so both compare the same seeds."""
     cells = []
     for dataset, model in sorted({(r["dataset"], r["model"]) for r in results["runs"]}):
         runs = {framework: [r for r in results["runs"] if (r["dataset"], r["model"], r["framework"])
-                            == (dataset, model, framework) and not r.get("error")] for framework in frameworks}
+                            == (dataset, model, framework)] for framework in frameworks}
         if not all(runs.values()):
+            continue
+        failed = [f"{r['framework']} seed {r['seed']}" for group in runs.values() for r in group if r.get("error")]
+        if failed:
+            print(f"{dataset} {model}: left out, failed runs ({', '.join(failed)})", file=sys.stderr)
             continue
         for framework, group in runs.items():
             missing = [r["seed"] for r in group if not Path(r.get("predictions") or "").is_file()]
