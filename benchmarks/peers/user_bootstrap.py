@@ -62,6 +62,12 @@ def seed_mean(kind: str, labels: np.ndarray, runs: list[np.ndarray], weights: np
     return float(np.mean([metrics.task_metrics(kind, labels, scores, weights)[name] for scores in runs]))
 
 
+def load_predictions(path: str) -> dict[str, np.ndarray]:
+    """A run's ``predictions.npz`` read whole, the file closed again."""
+    with np.load(path) as archive:
+        return dict(archive)
+
+
 def bootstrap(frame: pd.DataFrame, task: str, kind: str, first: list[np.ndarray], second: list[np.ndarray],
               resamples: int, rng: np.random.Generator) -> dict:
     """The first framework's lead (AUC: first - second; RMSE: second - first, so > 0 = first ahead)
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{first} ahead |\n|---|---|---|---|---|---|---|---|")
     for dataset, model, runs in cells:
         kinds = {task: "binary" if "auc" in scores else "regression" for task, scores in runs[first][0]["metrics"].items()}
-        predictions = {framework: [np.load(r["predictions"]) for r in group] for framework, group in runs.items()}
+        predictions = {framework: [load_predictions(r["predictions"]) for r in group] for framework, group in runs.items()}
         for split in metrics.EVALUATED_SPLITS:
             frame = pd.read_parquet(results["datasets"][dataset]["paths"][split], columns=[USER_COLUMN, *kinds])
             for task, kind in kinds.items():
