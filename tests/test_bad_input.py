@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import json
+import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from conftest import write_config
-from fusionrec.cli import main
+from fusionrec.cli import main, make_cli
+from fusionrec.components import Dropout, PositiveInt
+from fusionrec.data.datamodule import MultiTaskDataModule
+from fusionrec.data.preprocessing import IncrementalFit, Preprocessor
+from fusionrec.data.schema import parse_features
+from fusionrec.errors import ConfigError, DataError
+from fusionrec.plugins import check_options, get_registry
+from fusionrec_heads.metrics import DefinedBinaryAUROC
 
 
 def rows(n: int = 200) -> pd.DataFrame:
@@ -114,4 +127,191 @@ def test_a_misspelled_head_option(tmp_path, capsys):
 
 def test_a_non_positive_batch_size(tmp_path, capsys):
     err = fit_error(tmp_path, capsys, rows(), data=lambda d: {**d, "batch_size": 0})
-    assert "data.batch_size: expected a positive number of rows, got 0" in err
+    assert err == "fusionrec: error: data.batch_size: expected an int >= 1, got 0\n"
+
+
+# --- option types and ranges, from the signatures ------------------------------------------------------
+
+
+def model_option(**options):
+    return lambda model: {**model, **options}
+
+
+def data_option(**options):
+    return lambda data: {**data, **options}
+
+
+@pytest.mark.parametrize("section, change, message", [
+    ("model", model_option(trunk={"name": "mmoe", "num_experts": "three"}),
+     "model.trunk.num_experts: expected an int >= 1, got 'three'"),
+    ("model", model_option(trunk={"name": "mmoe", "num_experts": 2.5}),
+     "model.trunk.num_experts: expected an int >= 1, got 2.5"),
+    ("model", model_option(trunk={"name": "ple", "expert_hidden": [64, -8]}),
+     "model.trunk.expert_hidden[1]: expected an int >= 1, got -8"),
+    ("model", model_option(tasks={"click": {"head": "binary", "dropout": 1.5}}),
+     "model.tasks.click.dropout: expected a number >= 0 and < 1, got 1.5"),
+    ("model", model_option(tasks={"click": {"head": "binary", "tower": 64}}),
+     "model.tasks.click.tower: expected a list of (an int >= 1), got 64"),
+    ("model", model_option(fusion={"name": "attention", "dim": 8, "dropout": -0.1}),
+     "model.fusion.dropout: expected a number >= 0 and < 1, got -0.1"),
+    ("model", model_option(balancer={"name": "uncertainty", "learning_rate": "fast"}),
+     "model.balancer.learning_rate: expected a number > 0 or null, got 'fast'"),
+    ("model", model_option(encoders={"user": {"dim": 0}}), "model.encoders.user.dim: expected an int >= 1, got 0"),
+    ("model", model_option(encoders={"user": {"name": "categorical", "dim": "wide"}}),
+     "model.encoders.user.dim: expected an int >= 1, got 'wide'"),
+    ("model", model_option(embedding_dim=0), "model.embedding_dim: expected an int >= 1, got 0"),
+    ("model", model_option(learning_rate=-0.001), "model.learning_rate: expected a number > 0, got -0.001"),
+    ("model", model_option(weight_decay=-1), "model.weight_decay: expected a number >= 0, got -1"),
+    ("model", model_option(embedding_budget_mib="lots"),
+     "model.embedding_budget_mib: expected a number > 0 or null, got 'lots'"),
+    ("data", data_option(num_workers=-1), "data.num_workers: expected an int >= 0, got -1"),
+    ("data", data_option(split={"method": "random", "ratios": ["most", 0.1, 0.1]}),
+     "data.split.ratios[0]: expected a number >= 0, got 'most'"),
+    ("data", data_option(split={"method": "shuffled"}),
+     "data.split.method: expected one of 'random', 'time', got 'shuffled'"),
+])
+def test_a_bad_option_value_is_one_line_naming_its_key_before_the_data_is_read(tmp_path, capsys, section, change,
+                                                                               message):
+    # No data file: an option checked only once the data is read would fail on the file instead.
+    err = fit_error(tmp_path, capsys, None, **{section: change})
+    assert err == f"fusionrec: error: {message}\n"
+
+
+def test_a_bad_value_on_the_command_line_is_one_line(tmp_path, capsys):
+    path = write_config(tmp_path, config(tmp_path / "log.csv"))
+    assert main(["fit", "--config", str(path), "--model.embedding_dim", "three"]) == 2
+    assert capsys.readouterr().err == "fusionrec: error: model.embedding_dim: expected an int >= 1, got 'three'\n"
+
+
+class Tower:
+    """A third-party component: its annotations are its options' contract (strings here, under
+    ``from __future__ import annotations``)."""
+
+    def __init__(self, input_dim: int, width: PositiveInt = 4, rate: Dropout = 0.0, mode: Literal["a", "b"] = "a",
+                 scale: float | None = None, widths: list[PositiveInt] | None = None):
+        pass
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"width": 0}, "model.tower.width: expected an int >= 1, got 0"),
+    ({"width": True}, "model.tower.width: expected an int >= 1, got True"),
+    ({"width": "4"}, "model.tower.width: expected an int >= 1, got '4'"),
+    ({"rate": 1.0}, "model.tower.rate: expected a number >= 0 and < 1, got 1.0"),
+    ({"mode": "c"}, "model.tower.mode: expected one of 'a', 'b', got 'c'"),
+    ({"scale": "null"}, "model.tower.scale: expected a number or null, got 'null'"),
+])
+def test_a_components_signature_types_its_options(options, message):
+    with pytest.raises(ConfigError) as error:
+        check_options(Tower, options, "model.tower", skip=1)
+    assert str(error.value) == message
+    check_options(Tower, {"width": 2, "rate": 0.5, "mode": "b", "scale": 3}, "model.tower", skip=1)  # 3: a number
+
+
+def test_checked_options_stay_plain_data_for_checkpoints(tmp_path):
+    """jsonargparse reads PositiveInt values as its own int subclass, which a checkpoint loaded with
+    weights_only=True refuses: the saved hyperparameters must stay plain ints and floats."""
+    cfg = config(tmp_path / "log.csv", trunk={"name": "mmoe", "num_experts": 2, "expert_hidden": [16, 8]})
+    cli = make_cli(["--config", str(write_config(tmp_path, cfg))], run=False)
+    for hparams in (cli.model.hparams, cli.datamodule.hparams):
+        buffer = io.BytesIO()
+        torch.save(dict(hparams), buffer)
+        buffer.seek(0)
+        assert torch.load(buffer, weights_only=True) == dict(hparams)
+    # Checked once when the model is configured and again when it is built: the check reads the values
+    # without converting them in place.
+    options = {"widths": [16, 8]}
+    for _ in range(2):
+        check_options(Tower, options, "model.tower", skip=1)
+    assert type(options["widths"][0]) is int
+
+
+# --- numeric statistics ----------------------------------------------------------------------------------
+
+
+def fit_numeric(*chunks: list[float]) -> dict:
+    fit = IncrementalFit(parse_features({"price": {"type": "numeric"}}), {}, get_registry())
+    for values in chunks:
+        fit.update(pd.DataFrame({"price": values}))
+    return fit.result().state["features"]["price"]
+
+
+def test_a_value_beyond_float64_names_its_row(tmp_path, capsys):
+    frame = rows().astype({"price": object})
+    frame.loc[9, "price"] = "1e400"
+    err = fit_error(tmp_path, capsys, frame)
+    assert "log.csv" in err and "column 'price'" in err and "beyond float64" in err and "at row 9" in err
+
+
+def test_extreme_values_give_finite_statistics_that_standardise_them():
+    values = [1e308, -1.5e308, 3.0, 1.7e308, -2.0]
+    entry = fit_numeric(values)
+    json.dumps(entry, allow_nan=False)  # the manifest must stay valid JSON
+    assert entry["mean"] == pytest.approx(np.mean(np.array(values) / 1e300) * 1e300, rel=1e-12)
+    assert entry["std"] == pytest.approx(np.std(np.array(values) / 1e300) * 1e300, rel=1e-12)
+    # Merged from chunks of very different magnitudes, the same statistics.
+    merged = fit_numeric(values[2:], values[:2])
+    assert merged["mean"] == pytest.approx(entry["mean"], rel=1e-12)
+    assert merged["std"] == pytest.approx(entry["std"], rel=1e-12)
+    standardised = Preprocessor({"features": {"price": entry}, "tasks": {}})._transform_feature(
+        pd.Series(values), entry, "price", None)
+    assert torch.isfinite(standardised).all()
+
+
+def test_ordinary_values_get_numpys_statistics_exactly():
+    values = np.random.default_rng(3).normal(40.0, 7.0, 1000)
+    entry = fit_numeric(values)
+    assert entry["mean"] == values.mean() and entry["std"] == values.std()
+
+
+def test_a_value_too_far_from_the_training_mean_for_float32_names_its_row():
+    entry = fit_numeric([1.0, 1.0 + 1e-6])
+    with pytest.raises(DataError, match=r"price: 1e\+300 at row 1 is too far from the training mean"):
+        Preprocessor({"features": {"price": entry}, "tasks": {}})._transform_feature(
+            pd.Series([1.0, 1e300]), entry, "price", None)
+
+
+# --- splits with no rows or one class ----------------------------------------------------------------------
+
+
+def test_a_split_that_rounds_to_no_rows_names_the_split_and_the_file(tmp_path, capsys):
+    err = fit_error(tmp_path, capsys, rows(12),
+                    data=data_option(split={"method": "random", "ratios": [0.9, 0.05, 0.05]}))
+    assert "data.split: the val split of" in err and "log.csv has no rows (0.05 of 12 rows)" in err
+
+
+def test_a_split_left_out_on_purpose_is_not_an_error(tmp_path):
+    data = tmp_path / "log.csv"
+    rows(50).to_csv(data, index=False)
+    cfg = config(data)
+    module = MultiTaskDataModule(**{**cfg["data"], "split": {"method": "random", "ratios": [0.8, 0.2, 0.0]}},
+                                 tasks=cfg["model"]["tasks"])
+    module.setup("fit")
+    assert set(module.tables) == {"train", "val"}
+
+
+def test_an_auc_over_one_class_is_not_defined():
+    auc = DefinedBinaryAUROC()
+    auc.update(torch.tensor([0.2, 0.9, 0.4]), torch.tensor([0, 0, 0]))
+    assert math.isnan(auc.compute())
+    auc.update(torch.tensor([0.8]), torch.tensor([1]))
+    assert auc.compute() == pytest.approx(2 / 3)  # 0.8 outranks two of the three negatives
+
+
+def test_a_one_class_validation_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    rows(200).to_csv(train, index=False)
+    rows(40).assign(click=0).to_csv(val, index=False)
+    cfg = config(train)
+    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(val)}
+    del cfg["data"]["path"], cfg["data"]["split"]
+    cfg["trainer"].update(logger=True, num_sanity_val_steps=0)
+    code = main(["fit", "--config", str(write_config(tmp_path, cfg)), "--trainer.default_root_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    header = [cell.strip() for cell in next(line for line in lines if "┃ task" in line).split("┃")]
+    click = [cell.strip() for cell in next(line for line in lines if "│ click" in line).split("│")]
+    assert click[header.index("auc")] == "n/a" and click[header.index("logloss")] != "n/a"
+    assert "n/a: not defined on these rows" in out
+    logged = pd.read_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert logged["val/click/auc"].isna().all() and logged["val/click/logloss"].notna().any()

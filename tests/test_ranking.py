@@ -160,8 +160,12 @@ def test_a_ranking_head_without_groups_is_a_config_error_naming_the_task(tmp_pat
 
 def test_top_k_is_validated(tmp_path):
     _grouped_log(tmp_path / "log.csv")
+    with pytest.raises(ConfigError, match=r"model.tasks.clicked.top_k\[0\]: expected an int >= 1, got 0"):
+        MultiTaskDataModule(features={"item": {"type": "categorical"}},
+                            tasks={"clicked": {"head": "bpr", "top_k": [0]}}, train=str(tmp_path / "log.csv"),
+                            group="request")
     data = MultiTaskDataModule(features={"item": {"type": "categorical"}},
-                               tasks={"clicked": {"head": "bpr", "top_k": [0]}},
+                               tasks={"clicked": {"head": "bpr", "top_k": []}},
                                train=str(tmp_path / "log.csv"), group="request")
     with pytest.raises(ConfigError, match="top_k"):
         data.setup("fit")

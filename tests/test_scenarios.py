@@ -315,6 +315,6 @@ def test_scenario_trunks_export_and_the_bundle_scores_like_the_module(tmp_path, 
     assert main(["fit", "--config", str(write_config(tmp_path, config)), "--test_after_fit", "false"]) == 0
     (checkpoint,) = tmp_path.glob("**/epoch=*.ckpt")
     assert main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "bundle")]) == 0
-    # golden rows, an unseen scenario among them, to 1e-5; by the torch.export program and the ONNX graph
+    # golden rows, an unseen scenario among them, within tolerance; by the torch.export program and the ONNX graph
     load(tmp_path / "bundle").check()
     load_onnx(tmp_path / "bundle").check()

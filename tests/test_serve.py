@@ -102,11 +102,15 @@ def _with(golden: dict, **changes) -> dict:
 BAD_ROWS = {
     "missing field": ({"user_id": None}, "missing field(s): user_id"),
     "unknown field": ({"colour": ["red"] * 8}, "unknown field(s) rows.colour"),
-    "string for a number": ({"item_price": ["cheap"] * 8}, "field 'item_price': expected a number, got 'cheap'"),
-    "list for a scalar": ({"user_id": [["u1"]] * 8}, "rows.user_id: expected one value per row"),
-    "object for tags": ({"item_tags": [{"t": 1}] * 8}, "rows.item_tags: expected a separated string or a list"),
-    "strings in a vector": ({"item_embedding": [["a"] * 8] * 8}, "rows.item_embedding: expected a list of numbers"),
-    "short vector": ({"item_embedding": [[0.5]] * 8}, "field 'item_embedding': expected 8 numbers"),
+    "string for a number": ({"item_price": ["cheap"] * 8}, "rows.item_price: row 0: expected a number, got 'cheap'"),
+    "list for a scalar": ({"user_id": [["u1"]] * 8}, "rows.user_id: row 0: expected one id (a string or a number)"),
+    "object for tags": ({"item_tags": [{"t": 1}] * 8}, "rows.item_tags: row 0: expected a separated string or a list"),
+    "strings in a vector": ({"item_embedding": [["a"] * 8] * 8}, "rows.item_embedding: row 0: expected a list of 8 numbers"),
+    "short vector": ({"item_embedding": [[0.5]] * 8}, "rows.item_embedding: row 0: expected a list of 8 numbers, got [0.5]"),
+    "too large for float32": ({"item_price": [1.0] * 7 + [1e300]},
+                              "rows.item_price: row 7: 1e+300 is not a finite float32 number once standardised"),
+    "vector element beyond float32": ({"item_embedding": [[0.0] * 8] * 2 + [[0.0] * 7 + [1e39]] + [[0.0] * 8] * 5},
+                                      "rows.item_embedding: row 2: element 7: 1e+39 is not a finite float32 number"),
     "lengths differ": ({"hour": [1, 2]}, "fields differ in length"),
     "a scalar for a column": ({"hour": 3}, "rows.hour: expected a list with one value per row"),
 }
@@ -151,7 +155,7 @@ def test_recommend_rejects_what_it_cannot_rank(client, bundle, golden):
     no_key = client.post("/recommend", json={"user": user, "items": items, "item_key": "sku"})
     assert no_key.status_code == 422 and "no 'sku' list" in no_key.text
     wrong_user = client.post("/recommend", json={"user": {**user, "user_age": "old"}, "items": items})
-    assert wrong_user.status_code == 422 and "'user_age': expected a number, got 'old'" in wrong_user.text
+    assert wrong_user.status_code == 422 and "user.user_age: row 0: expected a number, got 'old'" in wrong_user.text
     with TestClient(create_app(bundle)) as unconfigured:  # neither --score nor a fused score in the manifest
         response = unconfigured.post("/recommend", json={"user": user, "items": items})
         assert response.status_code == 400 and "start the service with --score" in response.text

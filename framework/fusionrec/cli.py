@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
+from fusionrec.components.options import argument_error_line
 from fusionrec.data.datamodule import MultiTaskDataModule
-from fusionrec.errors import ConfigError, FusionrecError
+from fusionrec.errors import CommandParser, ConfigError, FusionrecError
 from fusionrec.export import run_export
 from fusionrec.plugins import SLOTS, get_registry
 from fusionrec.recommend.commands import run_evaluate_topk, run_recommend
@@ -27,6 +29,7 @@ from fusionrec.reporting.command import run_report
 from fusionrec.reporting.files import run_directory
 from fusionrec.serving.command import run_serve
 from fusionrec.training.callbacks import CalibrationWriter, MetricsTable, ParquetPredictionWriter
+from fusionrec.training.checkpoint import config_differences, read_checkpoint, require_matching_config
 from fusionrec.training.module import MultiTaskModule
 
 
@@ -72,27 +75,70 @@ class FusionrecCLI(LightningCLI):
                             help="predict: Parquet file for the per-task scores "
                                  "(default: predictions.parquet in the run's log directory)")
 
-    def _use_checkpoint_preprocessing(self) -> None:
+    def _run_subcommand(self, subcommand: str) -> None:
+        # The logger makes the run's version directory, and SaveConfigCallback writes config.yaml into it, as
+        # the trainer starts, before the data module reads a row: a start that fails would leave them behind.
+        logger = self.trainer.logger
+        log_dir = Path((logger.log_dir if logger else None) or self.trainer.default_root_dir).absolute()
+        created = [path for path in (log_dir, *log_dir.parents) if not path.exists()]
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                remove_unstarted_run(created)
+            raise
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model settings with the checkpoint's here, so ``test --config A
+        --ckpt_path B`` evaluated B's tasks under A's name; fusionrec keeps the config and checks that the
+        checkpoint matches it instead (:meth:`_use_checkpoint`)."""
+
+    def _use_checkpoint(self) -> None:
+        """``--ckpt_path``: a readable fusionrec checkpoint of this config's features, scenario, tasks and
+        model (else one error naming what differs); the data module takes its fitted preprocessing."""
+        self._resolve_last_checkpoint()
         checkpoint = self.config[self.subcommand].get("ckpt_path")
-        if checkpoint and os.path.isfile(checkpoint):
-            self.datamodule.use_checkpoint(checkpoint)
+        if checkpoint is None:
+            return
+        state = read_checkpoint(checkpoint, "--ckpt_path")
+        require_matching_config(state, f"--ckpt_path {checkpoint}", *self._trained_with())
+        self.datamodule.use_checkpoint(checkpoint)
+
+    def _trained_with(self) -> tuple[dict[str, str], str | None, dict[str, Any]]:
+        """This config's side of :func:`~fusionrec.training.checkpoint.config_differences`."""
+        features = {name: spec.type for name, spec in self.datamodule.feature_specs.items()}
+        return features, self.datamodule.hparams.scenario, dict(self.model.hparams)
 
     def before_fit(self) -> None:
-        self._resolve_last_checkpoint()
-        self._use_checkpoint_preprocessing()
+        self._use_checkpoint()
 
     def _resolve_last_checkpoint(self) -> None:
-        """``--ckpt_path last``: resume from the newest ``last.ckpt`` under the run's root directory (a
-        restarted run logs into a new version directory, where Lightning alone would find none); with
-        none there yet, start from scratch, so the same command starts a run or resumes it."""
+        """``--ckpt_path last``: the newest ``last.ckpt`` under the run's root directory that this config
+        trained (a restarted run logs into a new version directory, where Lightning alone would find
+        none). fit with none there yet starts from scratch, so the same command starts a run or resumes
+        it; one trained with another config is never resumed: with only such ones there, an error names
+        the newest and what differs."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
         root = Path(self.trainer.default_root_dir)
-        found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime)
-        resumed = str(found[-1]) if found else None
-        print(f"resuming from {resumed}" if resumed else f"no last.ckpt under {root}: starting from scratch")
-        config["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = resumed
+        found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
+        other = None
+        for path in found:
+            differences = config_differences(read_checkpoint(path, "--ckpt_path last:"), *self._trained_with())
+            if not differences:
+                print(f"resuming from {path}" if self.subcommand == "fit" else f"using {path}")
+                config["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = str(path)
+                return
+            other = other or (path, differences)
+        configs = ", ".join(map(str, self.config[self.subcommand].get("config") or [])) or "this config"
+        if other:
+            raise ConfigError(f"--ckpt_path last: {other[0]} was trained with another config than {configs} "
+                              f"({'; '.join(other[1])}); give this run its own trainer.default_root_dir")
+        if self.subcommand != "fit":
+            raise ConfigError(f"--ckpt_path last: no last.ckpt under {root}")
+        print(f"no last.ckpt under {root}: starting from scratch")
+        config["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = None
 
     def after_fit(self) -> None:
         if self.config["fit"].get("test_after_fit") and "test" in self.datamodule.tables:
@@ -122,15 +168,32 @@ class FusionrecCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_validate(self) -> None:
-        self._use_checkpoint_preprocessing()
+        self._use_checkpoint()
 
     def before_test(self) -> None:
-        self._use_checkpoint_preprocessing()
+        self._use_checkpoint()
 
     def before_predict(self) -> None:
-        self._use_checkpoint_preprocessing()
+        self._use_checkpoint()
         output = self.config["predict"].get("output") or Path(self.trainer.log_dir or ".") / "predictions.parquet"
         self.trainer.callbacks.append(ParquetPredictionWriter(output))
+
+
+# What a run writes as it starts; a directory holding nothing else saw no training step, metric or checkpoint.
+START_FILES = {"config.yaml", "hparams.yaml"}
+
+
+def remove_unstarted_run(created: list[Path]) -> None:
+    """Remove the directories of ``created`` (deepest first) that hold only what a start writes."""
+    for directory in created:
+        if not directory.is_dir():
+            continue
+        entries = list(directory.iterdir())
+        if any(entry.name not in START_FILES or not entry.is_file() for entry in entries):
+            return
+        for entry in entries:
+            entry.unlink()
+        directory.rmdir()
 
 
 def print_plugins(console: Console | None = None) -> None:
@@ -150,7 +213,8 @@ def make_cli(argv: list[str] | None = None, run: bool = True) -> FusionrecCLI:
     """The CLI exactly as ``fusionrec`` builds it; with ``run=False`` it only instantiates the
     model, data module and trainer (with every default ``fusionrec fit`` has), e.g. for benchmarks."""
     return FusionrecCLI(MultiTaskModule, MultiTaskDataModule, args=argv, run=run,
-                        parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION},
+                        # exit_on_error=False: a bad value raises, and main prints it as one line.
+                        parser_kwargs={"parser_mode": "omegaconf", "description": DESCRIPTION, "exit_on_error": False},
                         save_config_kwargs={"overwrite": True},
                         trainer_defaults={"callbacks": [MetricsTable(), CalibrationWriter()]})
 
@@ -165,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         arguments = sys.argv[1:] if argv is None else argv
         if arguments[:1] == ["plugins"]:
+            CommandParser(prog="fusionrec plugins", description="List the installed components by slot."
+                          ).parse_args(arguments[1:])
             print_plugins()
             return 0
         if arguments and arguments[0] in OWN_SUBCOMMANDS:
@@ -172,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         make_cli(argv)
     except FusionrecError as error:
         print(f"fusionrec: error: {error}", file=sys.stderr)
+        return 2
+    except ArgumentError as error:  # a config value of the wrong type or out of range, an unknown key
+        print(f"fusionrec: error: {argument_error_line(str(error))}", file=sys.stderr)
         return 2
     except InterpolationResolutionError as error:  # a ${...} in a config that did not resolve
         cause = error.__cause__ if isinstance(error.__cause__, FusionrecError) else error

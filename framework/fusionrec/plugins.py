@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from fusionrec import hookspecs
+from fusionrec.components.options import check_value, option_annotations
 from fusionrec.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "fusionrec"
@@ -73,29 +74,38 @@ class Registry:
             )
         return choices[name]
 
+    def check(self, slot: str, name: Any, key: str, options: dict[str, Any], skip: int) -> None:
+        """Validate a component's options without building it: ``skip`` leading parameters are the
+        ones the framework passes (e.g. a trunk's input_dim and tasks)."""
+        check_options(self.get(slot, name, key).factory, options, key, skip)
+
     def build(self, slot: str, name: Any, key: str, *args: Any, **options: Any) -> Any:
-        """Instantiate a component, turning an unknown or missing option into a ConfigError on ``key``."""
+        """Instantiate a component, turning an unknown, missing or invalid option into a ConfigError on ``key``."""
         factory = self.get(slot, name, key).factory
         check_options(factory, options, key, skip=len(args))
         return factory(*args, **options)
 
 
 def check_options(factory: Any, options: dict[str, Any], key: str, skip: int = 0) -> None:
-    """Fail on option names ``factory`` does not accept, listing the ones it does."""
+    """Fail on option names ``factory`` does not accept, listing the ones it does, on a missing
+    required one, and on a value that does not fit its parameter's annotation
+    (:mod:`fusionrec.components.options`), naming ``key.option``."""
     parameters = list(inspect.signature(factory).parameters.values())[skip:]
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"{key}: unknown option(s) {', '.join(map(repr, unknown))} for '{factory.__name__}'; "
-            f"accepted: {', '.join(accepted) or '(none)'}"
-        )
-    missing = [p.name for p in parameters if p.default is p.empty and p.kind is not p.VAR_POSITIONAL
-               and p.name not in options]
-    if missing:
-        raise ConfigError(f"{key}: missing required option(s) {', '.join(map(repr, missing))}")
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"{key}: unknown option(s) {', '.join(map(repr, unknown))} for '{factory.__name__}'; "
+                f"accepted: {', '.join(accepted) or '(none)'}"
+            )
+        missing = [p.name for p in parameters if p.default is p.empty and p.kind is not p.VAR_POSITIONAL
+                   and p.name not in options]
+        if missing:
+            raise ConfigError(f"{key}: missing required option(s) {', '.join(map(repr, missing))}")
+    annotations = option_annotations(factory)
+    for name, value in options.items():
+        check_value(annotations.get(name, inspect.Parameter.empty), value, f"{key}.{name}")
 
 
 def load_plugins(plugin_manager: pluggy.PluginManager) -> dict[str, tuple[str, str]]:

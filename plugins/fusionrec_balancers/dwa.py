@@ -7,8 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fusionrec.components import LossBalancer
-from fusionrec.components.balancer import positive
+from fusionrec.components import LossBalancer, PositiveFloat
 
 
 class DynamicWeightAverage(LossBalancer):
@@ -23,9 +22,9 @@ class DynamicWeightAverage(LossBalancer):
     the same weights.
     """
 
-    def __init__(self, weights: dict[str, float], temperature: float = 2.0):
+    def __init__(self, weights: dict[str, float], temperature: PositiveFloat = 2.0):
         super().__init__(weights)
-        self.temperature = positive("temperature", temperature)
+        self.temperature = float(temperature)
         tasks = len(self.tasks)
         self.register_buffer("history", torch.zeros(2, tasks))  # [2, T]: Lbar(e-2), Lbar(e-1)
         self.register_buffer("epochs", torch.zeros((), dtype=torch.long))  # epochs in the history

@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import LossBalancer
-from fusionrec.components.balancer import positive
-from fusionrec.errors import ConfigError
+from fusionrec.components import LossBalancer, NonNegativeFloat, PositiveFloat
 
 EPSILON = 1e-8  # keeps log(L_i) finite for a loss that reaches 0 (losses are assumed >= 0)
 
@@ -30,12 +28,10 @@ class FastAdaptiveMultitaskOptimization(LossBalancer):
     The returned loss is the log-loss objective above (it can be negative).
     """
 
-    def __init__(self, weights: dict[str, float], learning_rate: float | None = 0.025,
-                 regularization: float = 0.01):
+    def __init__(self, weights: dict[str, float], learning_rate: PositiveFloat | None = 0.025,
+                 regularization: NonNegativeFloat = 0.01):
         super().__init__(weights)
-        self.learning_rate = None if learning_rate is None else positive("learning_rate", learning_rate)
-        if isinstance(regularization, bool) or not isinstance(regularization, (int, float)) or regularization < 0:
-            raise ConfigError(f"model.balancer.regularization: expected a number >= 0, got {regularization!r}")
+        self.learning_rate = learning_rate
         self.regularization = float(regularization)
         tasks = len(self.tasks)
         self.logits = nn.Parameter(torch.zeros(tasks))  # [T], xi

@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import LossBalancer
-from fusionrec.components.balancer import positive
+from fusionrec.components import LossBalancer, PositiveFloat
 
 
 class GradientNormalization(LossBalancer):
@@ -23,10 +22,11 @@ class GradientNormalization(LossBalancer):
     larger pulls harder towards tasks that lag. ``learning_rate``: ``w``'s own Adam learning rate.
     """
 
-    def __init__(self, weights: dict[str, float], alpha: float = 1.5, learning_rate: float | None = 0.025):
+    def __init__(self, weights: dict[str, float], alpha: PositiveFloat = 1.5,
+                 learning_rate: PositiveFloat | None = 0.025):
         super().__init__(weights)
-        self.asymmetry = positive("alpha", alpha)
-        self.learning_rate = None if learning_rate is None else positive("learning_rate", learning_rate)
+        self.asymmetry = float(alpha)
+        self.learning_rate = learning_rate
         self.weight = nn.Parameter(self.alpha * len(self.tasks) / self.alpha.sum())  # [T]
         self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))  # [T]
 

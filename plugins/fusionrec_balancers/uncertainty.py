@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import LossBalancer
-from fusionrec.components.balancer import positive
-from fusionrec.errors import ConfigError
+from fusionrec.components import LossBalancer, PositiveFloat
 
 
 class UncertaintyWeights(LossBalancer):
@@ -21,12 +19,10 @@ class UncertaintyWeights(LossBalancer):
     """
 
     def __init__(self, weights: dict[str, float], init_log_variance: float = 0.0,
-                 learning_rate: float | None = None):
+                 learning_rate: PositiveFloat | None = None):
         super().__init__(weights)
-        if isinstance(init_log_variance, bool) or not isinstance(init_log_variance, (int, float)):
-            raise ConfigError(f"model.balancer.init_log_variance: expected a number, got {init_log_variance!r}")
         self.log_variance = nn.Parameter(torch.full((len(self.tasks),), float(init_log_variance)))  # [T]
-        self.learning_rate = None if learning_rate is None else positive("learning_rate", learning_rate)
+        self.learning_rate = learning_rate
 
     def forward(self, losses: dict[str, Tensor], shared: list[nn.Parameter]) -> Tensor:
         stacked = self.stacked(losses).float()  # [T]

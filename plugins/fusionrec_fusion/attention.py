@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import Fusion
+from fusionrec.components import Dropout, Fusion, PositiveInt
 from fusionrec.errors import ConfigError
 
 
@@ -24,16 +24,11 @@ class AttentionFusion(Fusion):
     tokens with absent content fields masked as keys, and the output is the mean of the present
     tokens."""
 
-    def __init__(self, input_dims: dict[str, int], dim: int = 32, heads: int = 2, layers: int = 1,
-                 dropout: float = 0.0):
+    def __init__(self, input_dims: dict[str, int], dim: PositiveInt = 32, heads: PositiveInt = 2,
+                 layers: PositiveInt = 1, dropout: Dropout = 0.0):
         super().__init__(input_dims)
-        for key, value in {"dim": dim, "heads": heads, "layers": layers}.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.fusion.{key}: expected a positive integer, got {value!r}")
         if dim % heads:
             raise ConfigError(f"model.fusion.dim: {dim} is not divisible by heads ({heads})")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.fusion.dropout: expected a number in [0, 1), got {dropout!r}")
         self.projections = nn.ModuleDict({name: nn.Linear(width, dim) for name, width in input_dims.items()})
         # Tells the encoder which field a token is: attention itself is order-blind.
         self.field_embeddings = nn.Parameter(torch.empty(len(input_dims), dim).normal_(std=0.02))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import Fusion
-from fusionrec.errors import ConfigError
+from fusionrec.components import Fusion, PositiveInt
 from fusionrec_fusion.attention import fields_in_use
 
 
@@ -16,10 +15,8 @@ class GatedFusion(Fusion):
     ``last_weights``: ``{field: mean weight}`` over the last batch, to see which fields the model
     relies on."""
 
-    def __init__(self, input_dims: dict[str, int], dim: int = 32):
+    def __init__(self, input_dims: dict[str, int], dim: PositiveInt = 32):
         super().__init__(input_dims)
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ConfigError(f"model.fusion.dim: expected a positive integer, got {dim!r}")
         self.projections = nn.ModuleDict({name: nn.Linear(width, dim) for name, width in input_dims.items()})
         self.gate = nn.Linear(sum(input_dims.values()), len(input_dims))
         self.output_dim = dim

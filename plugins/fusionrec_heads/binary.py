@@ -9,12 +9,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.classification import BinaryAccuracy
 
-from fusionrec.components import TaskHead
+from fusionrec.components import Dropout, PositiveInt, TaskHead
 from fusionrec.components.head import as_tensor, numeric_labels
 from fusionrec.errors import DataError, describe_value
-from fusionrec_heads.metrics import BinaryLogLoss
+from fusionrec_heads.metrics import BinaryLogLoss, DefinedBinaryAUROC
 
 
 class BinaryHead(TaskHead):
@@ -26,8 +26,8 @@ class BinaryHead(TaskHead):
 
     score_kind = "probability"
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0,
-                 threshold: float | None = None):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0, threshold: float | None = None):
         super().__init__(input_dim, label_state, tower, dropout)
         self.output = nn.Linear(self.tower.output_dim, 1)
 
@@ -57,7 +57,7 @@ class BinaryHead(TaskHead):
         return torch.sigmoid(output)
 
     def metrics(self) -> dict[str, Metric]:
-        return {"auc": BinaryAUROC(), "logloss": BinaryLogLoss(), "accuracy": BinaryAccuracy()}
+        return {"auc": DefinedBinaryAUROC(), "logloss": BinaryLogLoss(), "accuracy": BinaryAccuracy()}
 
     def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor,
                        groups: Tensor | None = None) -> None:

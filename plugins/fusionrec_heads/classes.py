@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MultilabelF1Score
 
-from fusionrec.components import TaskHead
+from fusionrec.components import Dropout, PositiveInt, TaskHead
 from fusionrec.errors import DataError, describe_value
 from fusionrec_heads.metrics import PresentLabelsAUROC
 
@@ -36,7 +36,8 @@ class MulticlassHead(TaskHead):
 
     score_kind = "distribution"
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0):
         super().__init__(input_dim, label_state, tower, dropout)
         self.num_classes = len(label_state["classes"])
         self.output = nn.Linear(self.tower.output_dim, self.num_classes)
@@ -75,8 +76,8 @@ class MultilabelHead(TaskHead):
 
     score_kind = "probability"
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0,
-                 separator: str = "|"):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0, separator: str = "|"):
         super().__init__(input_dim, label_state, tower, dropout)
         self.num_classes = len(label_state["classes"])
         self.output = nn.Linear(self.tower.output_dim, self.num_classes)

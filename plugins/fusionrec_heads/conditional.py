@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.classification import BinaryAUROC
 
+from fusionrec.components import Dropout, PositiveInt
 from fusionrec_heads.binary import BinaryHead
-from fusionrec_heads.metrics import BinaryLogLoss
+from fusionrec_heads.metrics import BinaryLogLoss, DefinedBinaryAUROC
 
 
 class ConditionalBinaryHead(BinaryHead):
@@ -29,8 +29,8 @@ class ConditionalBinaryHead(BinaryHead):
     preprocessor rejects an own label of 1 on a row whose parent label is 0.
     """
 
-    def __init__(self, input_dim: int, label_state: dict, parent: str, tower: list[int] = (64,),
-                 dropout: float = 0.0, threshold: float | None = None):
+    def __init__(self, input_dim: int, label_state: dict, parent: str, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0, threshold: float | None = None):
         super().__init__(input_dim, label_state, tower, dropout, threshold)
         self.parent = parent
 
@@ -61,7 +61,7 @@ class ConditionalBinaryHead(BinaryHead):
         return torch.sigmoid(output[..., 1])
 
     def metrics(self) -> dict[str, Metric]:
-        return {"ctcvr_auc": BinaryAUROC(), "ctcvr_logloss": BinaryLogLoss(), "cvr_auc": BinaryAUROC()}
+        return {"ctcvr_auc": DefinedBinaryAUROC(), "ctcvr_logloss": BinaryLogLoss(), "cvr_auc": DefinedBinaryAUROC()}
 
     def update_metrics(self, metrics: nn.ModuleDict, output: Tensor, target: Tensor,
                        groups: Tensor | None = None) -> None:

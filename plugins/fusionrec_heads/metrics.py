@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MultilabelAUROC
+from torchmetrics.classification import BinaryAUROC, MultilabelAUROC
 from torchmetrics.utilities import dim_zero_cat
 
 EPSILON = 1e-7
@@ -20,6 +20,18 @@ class BinaryLogLoss(MeanMetric):
         p = probabilities.double().clamp(EPSILON, 1 - EPSILON)
         t = target.double()
         super().update(-(t * p.log() + (1 - t) * (1 - p).log()))
+
+
+class DefinedBinaryAUROC(BinaryAUROC):
+    """AUC, or NaN where it is not defined: rows of one class only. torchmetrics returns 0 there,
+    which reads as the worst possible model; the metrics table prints NaN as "n/a"."""
+
+    def compute(self) -> Tensor:
+        # A list of batches, or one tensor once synchronised across processes.
+        target = dim_zero_cat(self.target) if len(self.target) else None
+        if target is None or bool(target.min() == target.max()):
+            return torch.tensor(float("nan"), device=self.device)
+        return super().compute()
 
 
 class PresentLabelsAUROC(MultilabelAUROC):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
 
-from fusionrec.components import TaskHead
+from fusionrec.components import Dropout, PositiveInt, TaskHead
 from fusionrec.components.head import as_tensor, numeric_labels
 from fusionrec.errors import ConfigError, DataError
 from fusionrec_heads.metrics import GroupAUC
@@ -49,8 +49,8 @@ class RankingHead(TaskHead):
     score_kind = "score"
     needs_groups = True  # the data module asks for data.group or data.negatives
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0,
-                 top_k: list[int] = (10,)):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0, top_k: list[PositiveInt] = (10,)):
         super().__init__(input_dim, label_state, tower, dropout)
         self.output = nn.Linear(self.tower.output_dim, 1)
         self.top_k = [int(k) for k in top_k]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
-from fusionrec.components import TaskHead
+from fusionrec.components import Dropout, PositiveInt, TaskHead
 from fusionrec.components.head import as_tensor, numeric_labels
 
 
@@ -19,7 +19,8 @@ class RegressionHead(TaskHead):
 
     score_kind = "value"
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0):
         super().__init__(input_dim, label_state, tower, dropout)
         self.output = nn.Linear(self.tower.output_dim, 1)
         self.register_buffer("mean", torch.tensor(float(label_state["mean"])))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldInfo
+from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
 from fusionrec.serving.content import SPEC_VERSION, waveform
 from fusionrec_media.base import MediaEncoder
@@ -56,9 +56,10 @@ class CnnAudioEncoder(AudioEncoder):
 
     name = "audio_cnn"
 
-    def __init__(self, field: FieldInfo, dim: int, *, sample_rate: int = 16000, duration: float = 2.0,
-                 n_mels: int = 64, channels: int = 64, mode: str = "frozen", finetune_top: int | None = None,
-                 learning_rate: float | None = None, strict: bool = False):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, *, sample_rate: PositiveInt = 16000,
+                 duration: PositiveFloat = 2.0, n_mels: PositiveInt = 64, channels: int = 64, mode: str = "frozen",
+                 finetune_top: PositiveInt | None = None, learning_rate: PositiveFloat | None = None,
+                 strict: bool = False):
         super().__init__(field, dim, mode=mode, finetune_top=finetune_top, learning_rate=learning_rate,
                          strict=strict)
         from torchaudio.transforms import AmplitudeToDB, MelSpectrogram
@@ -103,8 +104,9 @@ class PretrainedAudioEncoder(AudioEncoder):
 
     name = "audio_pretrained"
 
-    def __init__(self, field: FieldInfo, dim: int, *, bundle: str, duration: float = 2.0, mode: str = "frozen",
-                 finetune_top: int | None = None, learning_rate: float | None = None, strict: bool = False):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, *, bundle: str, duration: PositiveFloat = 2.0,
+                 mode: str = "frozen", finetune_top: PositiveInt | None = None,
+                 learning_rate: PositiveFloat | None = None, strict: bool = False):
         super().__init__(field, dim, mode=mode, finetune_top=finetune_top, learning_rate=learning_rate,
                          strict=strict)
         from torchaudio import pipelines

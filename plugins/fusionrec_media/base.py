@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldEncoder, FieldInfo
+from fusionrec.components import FieldEncoder, FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import DataError
 # Why one item could not be read; becomes a ``problems`` entry, or a DataError when strict. Shared
 # with the serving package, whose content preparation the image and audio encoders reuse.
@@ -41,8 +41,8 @@ class MediaEncoder(FieldEncoder):
     name: ClassVar[str]
     backbone: nn.Module
 
-    def __init__(self, field: FieldInfo, dim: int, *, mode: str = "frozen", finetune_top: int | None = None,
-                 learning_rate: float | None = None, strict: bool = False):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, *, mode: str = "frozen",
+                 finetune_top: PositiveInt | None = None, learning_rate: PositiveFloat | None = None, strict: bool = False):
         super().__init__(field, dim)
         self.key = f"model.encoders.{field.name}"
         validate_mode(mode, finetune_top, self.key)  # before a possibly slow backbone load

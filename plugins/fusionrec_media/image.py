@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldInfo
+from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
 from fusionrec.serving.content import SPEC_VERSION, image_pixels
 from fusionrec_media.base import MediaEncoder
@@ -36,10 +36,10 @@ class ImageEncoder(MediaEncoder):
 
     name = "image"
 
-    def __init__(self, field: FieldInfo, dim: int, *, backbone: str, weights: str | None = None,
-                 image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 mode: str = "frozen", finetune_top: int | None = None, learning_rate: float | None = None,
-                 strict: bool = False):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, *, backbone: str, weights: str | None = None,
+                 image_size: PositiveInt = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, mode: str = "frozen", finetune_top: PositiveInt | None = None,
+                 learning_rate: PositiveFloat | None = None, strict: bool = False):
         super().__init__(field, dim, mode=mode, finetune_top=finetune_top, learning_rate=learning_rate,
                          strict=strict)
         # Imported here: the registry loads every plugin at start-up, runs without images needn't pay.

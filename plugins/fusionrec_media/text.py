@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fusionrec.components import FieldInfo
+from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
 from fusionrec.serving.content import SPEC_VERSION
 from fusionrec_media.base import MediaEncoder, MediaProblem
@@ -30,9 +30,9 @@ class TextEncoder(MediaEncoder):
 
     name = "text"
 
-    def __init__(self, field: FieldInfo, dim: int, *, model: str, max_length: int = 64, pooling: str = "mean",
-                 mode: str = "frozen", finetune_top: int | None = None, learning_rate: float | None = None,
-                 strict: bool = False):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, *, model: str, max_length: PositiveInt = 64,
+                 pooling: str = "mean", mode: str = "frozen", finetune_top: PositiveInt | None = None,
+                 learning_rate: PositiveFloat | None = None, strict: bool = False):
         super().__init__(field, dim, mode=mode, finetune_top=finetune_top, learning_rate=learning_rate,
                          strict=strict)
         if pooling not in POOLINGS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldEncoder, FieldInfo
+from fusionrec.components import FieldEncoder, FieldInfo, PositiveInt
 
 # Near zero (FuxiCTR's and DeepCTR-Torch's default too): an id that training never updates -- the
 # out-of-vocabulary row, a rare id -- stays at the neutral point instead of a random direction. On
@@ -16,7 +16,7 @@ EMBEDDING_INIT_STD = 1e-4
 class CategoricalEncoder(FieldEncoder):
     """An embedding table: ``Long[B] -> [B, dim]``."""
 
-    def __init__(self, field: FieldInfo, dim: int):
+    def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
         self.embedding = nn.Embedding(field.cardinality, dim)
         nn.init.normal_(self.embedding.weight, std=EMBEDDING_INIT_STD)
@@ -28,7 +28,7 @@ class CategoricalEncoder(FieldEncoder):
 class MultiCategoricalEncoder(FieldEncoder):
     """Mean of the embeddings of a row's ids, padding excluded: ``Long[B, L] -> [B, dim]``."""
 
-    def __init__(self, field: FieldInfo, dim: int):
+    def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
         self.embedding = nn.EmbeddingBag(field.cardinality, dim, mode="mean", padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=EMBEDDING_INIT_STD)  # the padding row is never read
@@ -52,7 +52,7 @@ class NumericEncoder(FieldEncoder):
     ``dim / 2`` times wider per numeric field. A ``dim`` other than 2 adds a learned projection.
     """
 
-    def __init__(self, field: FieldInfo, dim: int):
+    def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
         self.projection = nn.Identity() if dim == 2 else nn.Linear(2, dim)
 
@@ -67,7 +67,7 @@ class NumericEncoder(FieldEncoder):
 class VectorEncoder(FieldEncoder):
     """A linear projection of a precomputed vector: ``Float[B, width] -> [B, dim]``."""
 
-    def __init__(self, field: FieldInfo, dim: int):
+    def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
         self.projection = nn.Linear(field.width, dim)
 

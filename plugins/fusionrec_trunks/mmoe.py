@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fusionrec.components import Trunk
-from fusionrec.errors import ConfigError
+from fusionrec.components import Dropout, PositiveInt, Trunk
 from fusionrec_trunks.experts import Experts, Gate
 
 
 class MultiGateMixtureOfExperts(Trunk):
     """``[B, D] -> {task: [B, expert_hidden[-1]]}``: task t reads ``sum_e g_t(x)_e * expert_e(x)``."""
 
-    def __init__(self, input_dim: int, tasks: list[str], num_experts: int = 4,
-                 expert_hidden: list[int] = (128, 64), dropout: float = 0.0):
+    def __init__(self, input_dim: int, tasks: list[str], num_experts: PositiveInt = 4,
+                 expert_hidden: list[PositiveInt] = (128, 64), dropout: Dropout = 0.0):
         super().__init__(input_dim, tasks)
-        if num_experts < 1:
-            raise ConfigError(f"model.trunk.num_experts: expected at least 1, got {num_experts}")
         self.experts = Experts(input_dim, num_experts, list(expert_hidden), dropout)
         self.gates = nn.ModuleDict({task: Gate(input_dim, num_experts) for task in self.tasks})
         self.output_dims = {task: self.experts.output_dim for task in self.tasks}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusionrec.components import Dropout, PositiveInt
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext
 from fusionrec.errors import ConfigError
 from fusionrec.modules.feedforward import FeedForward
@@ -41,8 +42,9 @@ class ParameterEmbeddingPersonalizedNetwork(ScenarioTrunk):
     each Gate NU's hidden layer.
     """
 
-    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios, tower: list[int] = (128, 64),
-                 gate_hidden: int = 64, prior_fields: list[str] = (), dropout: float = 0.0):
+    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios,
+                 tower: list[PositiveInt] = (128, 64), gate_hidden: PositiveInt = 64, prior_fields: list[str] = (),
+                 dropout: Dropout = 0.0):
         super().__init__(input_dim, tasks, scenarios)
         unknown = sorted(set(prior_fields) - set(scenarios.field_dims))
         if unknown:

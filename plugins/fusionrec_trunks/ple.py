@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import Trunk
-from fusionrec.errors import ConfigError
+from fusionrec.components import Dropout, PositiveInt, Trunk
 from fusionrec_trunks.experts import Experts, Gate
 
 
@@ -37,12 +36,10 @@ class CustomizedGateControl(nn.Module):
 class ProgressiveLayeredExtraction(Trunk):
     """``[B, D] -> {task: [B, expert_hidden[-1]]}`` through ``num_levels`` CGC levels."""
 
-    def __init__(self, input_dim: int, tasks: list[str], num_levels: int = 2, shared_experts: int = 1,
-                 task_experts: int = 1, expert_hidden: list[int] = (128, 64), dropout: float = 0.0):
+    def __init__(self, input_dim: int, tasks: list[str], num_levels: PositiveInt = 2,
+                 shared_experts: PositiveInt = 1, task_experts: PositiveInt = 1,
+                 expert_hidden: list[PositiveInt] = (128, 64), dropout: Dropout = 0.0):
         super().__init__(input_dim, tasks)
-        if min(num_levels, shared_experts, task_experts) < 1:
-            raise ConfigError(f"model.trunk: PLE needs num_levels, shared_experts and task_experts >= 1, got "
-                              f"num_levels={num_levels}, shared_experts={shared_experts}, task_experts={task_experts}")
         levels = []
         for level in range(num_levels):
             levels.append(CustomizedGateControl(input_dim, self.tasks, shared_experts, task_experts,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusionrec.components import Dropout, PositiveInt
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, run_trunk
 from fusionrec.errors import ConfigError
 from fusionrec.plugins import get_registry
@@ -39,7 +40,8 @@ class ScenarioTowers(ScenarioTrunk):
     """
 
     def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios,
-                 base: dict[str, Any] | None = None, hidden: list[int] = (64,), dropout: float = 0.0):
+                 base: dict[str, Any] | None = None, hidden: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0):
         super().__init__(input_dim, tasks, scenarios)
         options = dict(base or {"name": "shared_bottom"})
         if "name" not in options:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusionrec.components import Dropout, PositiveInt
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext
 from fusionrec.errors import ConfigError
 from fusionrec.modules.feedforward import FeedForward
@@ -101,8 +102,9 @@ class StarTopologyAdaptiveRecommender(ScenarioTrunk):
     is added to each task's logit. ``auxiliary_hidden: null`` leaves it out.
     """
 
-    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios, hidden: list[int] = (256, 128),
-                 dropout: float = 0.0, auxiliary_hidden: list[int] | None = (32,),
+    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios,
+                 hidden: list[PositiveInt] = (256, 128), dropout: Dropout = 0.0,
+                 auxiliary_hidden: list[PositiveInt] | None = (32,),
                  auxiliary_fields: list[str] = ()):
         super().__init__(input_dim, tasks, scenarios)
         unknown = sorted(set(auxiliary_fields) - set(scenarios.field_dims))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fusionrec.errors import ConfigError
-
 
 class LossBalancer(nn.Module):
     """Base of every balancer plugin: ``(weights: {task: alpha_i}, **options)``.
@@ -70,9 +68,3 @@ class LossBalancer(nn.Module):
         parts = delta.detach().split([p.numel() for p in shared])
         return sum(((p - p.detach()) * part.view_as(p).to(p.dtype)).sum() for p, part in zip(shared, parts))
 
-
-def positive(option: str, value: object) -> float:
-    """``value`` as a float, or a ConfigError naming ``model.balancer.<option>``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"model.balancer.{option}: expected a positive number, got {value!r}")
-    return float(value)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from fusionrec.components.options import PositiveInt
+
 
 @dataclass(frozen=True)
 class FieldInfo:
@@ -33,7 +35,7 @@ class FieldEncoder(nn.Module):
 
     output_dim: int
 
-    def __init__(self, field: FieldInfo, dim: int):
+    def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__()
         self.field = field
         self.output_dim = dim

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from fusionrec.components.options import Dropout, PositiveInt
 from fusionrec.errors import DataError, describe_value
 from fusionrec.modules.feedforward import FeedForward
 
@@ -34,7 +35,8 @@ class TaskHead(nn.Module):
     score_kind = "value"
     parent: str | None = None
 
-    def __init__(self, input_dim: int, label_state: dict, tower: list[int] = (64,), dropout: float = 0.0):
+    def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
+                 dropout: Dropout = 0.0):
         super().__init__()
         self.label_state = label_state
         self.tower = FeedForward(input_dim, list(tower), dropout=dropout)

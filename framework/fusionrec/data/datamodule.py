@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from fusionrec.components.options import NonNegativeFloat, NonNegativeInt, PositiveInt
 from fusionrec.data.batches import TensorTable, batch_loader
 from fusionrec.data.media import MEDIA_TYPES
 from fusionrec.data.negatives import ItemCatalogue, NegativeSampledTable, mark_positives, parse_negatives
@@ -18,8 +19,17 @@ from fusionrec.data.reading import join_side_tables, read_table, require_columns
 from fusionrec.data.schema import parse_features, parse_tasks
 from fusionrec.data.streaming import ParquetShards, StreamingDataset, StreamingLoader, fit_streaming, parse_streaming
 from fusionrec.data.synthetic import quickstart_log
-from fusionrec.errors import ConfigError
-from fusionrec.plugins import get_registry
+from fusionrec.errors import ConfigError, DataError
+from fusionrec.plugins import check_options, get_registry
+from fusionrec.training.checkpoint import read_checkpoint
+
+SPLITS = ("train", "val", "test")
+
+
+def split_options(method: Literal["random", "time"] = "random",
+                  ratios: list[NonNegativeFloat] = (0.8, 0.1, 0.1), time_column: str | None = None,
+                  seed: int = 0) -> None:
+    """The keys of ``data.split`` and their types, checked by :func:`check_options`."""
 
 
 class MultiTaskDataModule(LightningDataModule):
@@ -51,9 +61,11 @@ class MultiTaskDataModule(LightningDataModule):
                  predict: str | None = None, split: dict[str, Any] | None = None,
                  joins: list[dict[str, Any]] | None = None, generate: dict[str, Any] | None = None,
                  streaming: dict[str, Any] | None = None, scenario: str | None = None, group: str | None = None,
-                 negatives: dict[str, Any] | None = None, batch_size: int = 1024, eval_batch_size: int = 8192,
-                 num_workers: int = 0, shuffle_seed: int | None = None):
+                 negatives: dict[str, Any] | None = None, batch_size: PositiveInt = 1024,
+                 eval_batch_size: PositiveInt = 8192, num_workers: NonNegativeInt = 0, shuffle_seed: int | None = None):
         super().__init__()
+        # LightningCLI passes jsonargparse's int subclasses; checkpoints hold plain numbers.
+        batch_size, eval_batch_size, num_workers = int(batch_size), int(eval_batch_size), int(num_workers)
         self.save_hyperparameters()
         self.registry = get_registry()
         self.feature_specs = parse_features({**features, **({scenario: {"type": "categorical"}}
@@ -81,9 +93,12 @@ class MultiTaskDataModule(LightningDataModule):
         self.streaming = parse_streaming(streaming) if streaming else None
         if self.streaming:
             self._check_streaming()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise ConfigError(f"data.{key}: expected a positive number of rows, got {value}")
+        if split:
+            unknown = set(split) - {"method", "ratios", "time_column", "seed"}
+            if unknown:
+                raise ConfigError(f"data.split: unknown key(s) {', '.join(sorted(unknown))}; "
+                                  f"accepted: method, ratios, time_column, seed")
+            check_options(split_options, split, "data.split")
         self.preprocessor: Preprocessor | None = None
         self.splits: dict[str, pd.DataFrame] = {}
         self.tables: dict[str, TensorTable] = {}  # or StreamingDataset, with data.streaming
@@ -100,7 +115,7 @@ class MultiTaskDataModule(LightningDataModule):
         hp = self.hparams
         if hp.train:
             splits = {name: self._read(getattr(hp, name), f"data.{name}")
-                      for name in ("train", "val", "test") if getattr(hp, name)}
+                      for name in SPLITS if getattr(hp, name)}
         else:
             path = hp.path
             split = dict(hp.split or {})
@@ -110,14 +125,17 @@ class MultiTaskDataModule(LightningDataModule):
                 split.setdefault("time_column", "timestamp")
             if not split:
                 raise ConfigError("data.split: required with data.path, e.g. {method: random, ratios: [0.8, 0.1, 0.1]}")
-            unknown = set(split) - {"method", "ratios", "time_column", "seed"}
-            if unknown:
-                raise ConfigError(f"data.split: unknown key(s) {', '.join(sorted(unknown))}; "
-                                  f"accepted: method, ratios, time_column, seed")
             frame = self._read(path, "data.generate" if hp.generate else "data.path")
-            parts = split_table(frame, split.get("method", "random"), split.get("ratios", (0.8, 0.1, 0.1)),
-                                "data.split", split.get("time_column"), split.get("seed", 0))
-            splits = {name: part for name, part in zip(("train", "val", "test"), parts) if len(part)}
+            ratios = split.get("ratios", (0.8, 0.1, 0.1))
+            parts = split_table(frame, split.get("method", "random"), ratios, "data.split", split.get("time_column"),
+                                split.get("seed", 0))
+            # A ratio of 0 leaves a split out on purpose; one that rounds to no rows would leave it out
+            # silently (no validation metrics, nothing to stop early on).
+            for name, part, ratio in zip(SPLITS, parts, ratios):
+                if ratio > 0 and not len(part):
+                    raise DataError(f"data.split: the {name} split of {frame.attrs.get('source')} has no rows "
+                                    f"({ratio} of {len(frame)} rows); give it a larger ratio or use more rows")
+            splits = {name: part for name, part in zip(SPLITS, parts) if len(part)}
         if hp.predict:
             splits["predict"] = self._read(hp.predict, "data.predict")
         negatives = self.negative_spec
@@ -285,5 +303,5 @@ class MultiTaskDataModule(LightningDataModule):
     def use_checkpoint(self, path: str) -> None:
         """Take the fitted preprocessing of a checkpoint instead of refitting on the training split,
         so test, predict and resumed runs see the vocabularies the model was trained with."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path, "--ckpt_path")
         self.preprocessor = Preprocessor(checkpoint["hyper_parameters"]["preprocessing"])

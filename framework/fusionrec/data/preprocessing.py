@@ -75,7 +75,14 @@ def _numbers(values: pd.Series, where: str, na_values: list[str]) -> np.ndarray:
         position = int(np.flatnonzero(wrong.to_numpy())[0])
         raise DataError(f"{where}: numeric column holds a non-number, {describe_value(values, position)} "
                         f"({int(wrong.sum())} such row(s))")
-    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    # "inf", or "1e400", which overflows float64: not a value, and missing would hide the row.
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        position = int(np.flatnonzero(infinite)[0])
+        raise DataError(f"{where}: numeric column holds an infinite value or one beyond float64, "
+                        f"{describe_value(values, position)} ({int(infinite.sum())} such row(s))")
+    return numbers
 
 
 class Preprocessor:
@@ -168,9 +175,14 @@ class Preprocessor:
             return torch.from_numpy(padded)
         if kind == "numeric":
             numbers = _numbers(values, where, entry["na_values"])
-            missing = ~np.isfinite(numbers)
-            standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"])
-            return torch.from_numpy(np.stack([standardised, missing], axis=1).astype(np.float32))
+            missing = np.isnan(numbers)
+            with np.errstate(over="ignore"):
+                standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"]).astype(np.float32)
+            if np.isinf(standardised).any():
+                position = int(np.flatnonzero(np.isinf(standardised))[0])
+                raise DataError(f"{where}: {describe_value(values, position)} is too far from the training mean "
+                                f"({entry['mean']:g}, standard deviation {entry['std']:g}) to standardise in float32")
+            return torch.from_numpy(np.stack([standardised, missing.astype(np.float32)], axis=1))
         if kind == "vector":
             return torch.from_numpy(_stack_vectors(values, entry["width"], where))
         raise DataError(f"{where}: unknown feature type {kind!r}")
@@ -194,7 +206,10 @@ class IncrementalFit:
                  scenario: str | None = None):
         self.features, self.tasks, self.registry, self.scenario = features, tasks, registry, scenario
         self.counts: dict[str, list[pd.Series]] = {}
-        self.moments: dict[str, tuple[int, float, float]] = {}  # count, mean, sum of squared deviations
+        # count, mean / scale, (sum of squared deviations) / scale**2, and scale: a power of two, so
+        # that values near float64's limit do not overflow the squares, while dividing by it is exact
+        # and ordinary values get the very statistics np.std computes.
+        self.moments: dict[str, tuple[int, float, float, float]] = {}
         self.widths: dict[str, int] = {}
         self.labels: dict[str, list[pd.Series]] = {}
         self.where: dict[str, str] = {}  # column -> where its first chunk came from, for messages
@@ -225,17 +240,27 @@ class IncrementalFit:
     def _add_moments(self, name: str, finite: np.ndarray) -> None:
         if not len(finite):
             return
+        # The largest magnitude, from 1 up, is brought into [1, 2) (frexp's exponent less one, as
+        # 2**1024 would overflow); smaller values are left as they are.
+        scale = 2.0 ** max(int(np.frexp(np.max(np.abs(finite)))[1]) - 1, 0)
+        finite = finite / scale
         # np.std's own arithmetic, so that one chunk gives exactly the in-memory statistics.
         count, mean = len(finite), float(finite.mean())
         squares = float(np.sum(np.square(finite - mean)))
         if name in self.moments:
-            before, before_mean, before_squares = self.moments[name]
+            before, before_mean, before_squares, before_scale = self.moments[name]
+            # Both in units of the larger scale.
+            larger = max(scale, before_scale)
+            mean, squares = mean * (scale / larger), squares * (scale / larger) ** 2
+            before_mean *= before_scale / larger
+            before_squares *= (before_scale / larger) ** 2
+            scale = larger
             total = before + count
             delta = mean - before_mean
             mean = before_mean + delta * count / total
             squares = before_squares + squares + delta * delta * before * count / total
             count = total
-        self.moments[name] = (count, mean, squares)
+        self.moments[name] = (count, mean, squares, scale)
 
     def result(self) -> "Preprocessor":
         fitted: dict[str, Any] = {}
@@ -254,9 +279,9 @@ class IncrementalFit:
                 entry["na_values"] = [str(v) for v in spec.options["na_values"]]
                 if name not in self.moments:
                     raise DataError(f"{self.where[name]}: numeric column has no values in the training split")
-                count, mean, squares = self.moments[name]
-                std = float(np.sqrt(squares / count))
-                entry.update(mean=mean, std=std if std > 0 else 1.0)
+                count, mean, squares, scale = self.moments[name]
+                std = float(np.sqrt(squares / count)) * scale
+                entry.update(mean=mean * scale, std=std if std > 0 else 1.0)
             elif spec.type == "vector":
                 if name not in self.widths:
                     raise DataError(f"{self.where[name]}: vector column has no values")

@@ -8,15 +8,17 @@ training stack (see :mod:`fusionrec.serving` and docs/export.md).
       item_encoder.<field>.onnx      -> item vectors [U, D]; the scoring graph takes the vectors
       assets/<field>/              what preparing content needs beyond its settings (a tokenizer.json)
       weights.safetensors          the model's parameters and buffers
-      manifest.json                input signature, outputs by task and kind, the fitted preprocessing
-                                   (vocabularies with the out-of-vocabulary rule, numeric statistics),
-                                   content specs (versioned), the fused score, the checkpoint's test
-                                   metrics, components with their distributions and versions, fusionrec and
-                                   torch versions, sha256 of every file
+      manifest.json                input signature, outputs by task and kind (with the golden check's
+                                   tolerance), the fitted preprocessing (vocabularies with the
+                                   out-of-vocabulary rule, numeric statistics), content specs (versioned),
+                                   the fused score, the checkpoint's test metrics, components with their
+                                   distributions and versions, fusionrec and torch versions
       golden.json, golden/         raw input rows (and the files they name) with the trained module's scores
+      SHA256SUMS                   sha256 of every other file, manifest.json included (``sha256sum -c``)
 
-The bundle is built in a temporary directory next to ``out`` and renamed into place, so a failed
-export leaves nothing behind.
+The bundle is built in a hidden directory next to ``out`` (``.NAME.partial-xxxxxxxx``) and renamed into
+place, so a failed or interrupted export (an error, Ctrl-C, SIGTERM) leaves nothing behind; the directory a
+SIGKILL leaves is removed by the next export next to it.
 """
 
 from fusionrec.export.bundle import export_bundle, run_export

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +25,12 @@ from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
 from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
-from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, file_sha256,
-                                      item_encoder_files, present_input)
+from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
+                                      present_input, write_checksums)
 from fusionrec.serving.content import ContentPreparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
-from fusionrec.training.module import MultiTaskModule
+from fusionrec.training.checkpoint import load_module
 
 WEIGHTS = "weights.safetensors"
 OOV_RULE = ("ids are matched as strings (7, 7.0 and '7' are one id); vocabulary[i] has id i + 2; 0 is "
@@ -59,7 +65,7 @@ class BundleWriter:
         self.checkpoint = Path(checkpoint)
         self.staging = staging
         self.with_onnx = with_onnx
-        self.module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+        self.module = load_module(checkpoint, "--ckpt")
         self.preprocessing = self.module.hparams.preprocessing["features"]
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
         self.specs: dict[str, dict] = {}  # per content field, filled by write_item_encoders
@@ -147,17 +153,65 @@ class BundleWriter:
             "format": "fusionrec-bundle", "format_version": 1,
             "fusionrec": fusionrec.__version__, "torch": str(torch.__version__),
             "inputs": _signature(example, self.preprocessing),
-            "outputs": {task: {"kind": head.score_kind, "shape": ["batch", *expected[task].shape[1:]]}
+            "outputs": {task: {"kind": head.score_kind, "shape": ["batch", *expected[task].shape[1:]],
+                               "golden_tolerance": golden.tolerance(head.score_kind)}
                         for task, head in self.module.model.heads.items()},
             "preprocessing": self.preprocessing, "out_of_vocabulary": OOV_RULE,
             "content": {"rule": CONTENT_RULE, "fields": item_encoders},
             "fused_score": fused_score,
             "test_metrics": metrics,
             "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
-            "files": {str(path.relative_to(self.staging)): {"sha256": file_sha256(path)}
-                      for path in sorted(self.staging.rglob("*")) if path.is_file()},
         }
         (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_checksums(self.staging)
+
+
+def _locked(directory: Path) -> int | None:
+    """A descriptor of ``directory`` holding its exclusive lock, or None while another process holds it."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        return None
+    return handle
+
+
+def _staging_directory(out: Path) -> tuple[Path, int]:
+    """A new hidden ``.NAME.partial-xxxxxxxx`` directory next to ``out`` and the descriptor locking it while
+    this process lives; the kernel drops the lock when the process dies, even by SIGKILL, so an unlocked one
+    is what a killed export left behind and is removed here. Sweep and creation hold a lock on the parent
+    directory, so a concurrent export never takes the other's new directory for an abandoned one."""
+    parent = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        for stale in out.parent.glob(f".{out.name}.partial-*"):
+            handle = _locked(stale) if stale.is_dir() else None
+            if handle is not None:
+                shutil.rmtree(stale, ignore_errors=True)
+                os.close(handle)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        return staging, _locked(staging)
+    finally:
+        os.close(parent)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit meanwhile (Python's default is to die on the spot), so the staging
+    directory is removed on a ``kill`` as it is on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | None = None,
@@ -169,18 +223,26 @@ def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | N
     if out.exists():
         raise ConfigError(f"--out {out}: already exists; choose a new directory")
     with_onnx = onnx and all(importlib.util.find_spec(package) for package in ("onnx", "onnxscript"))
+    created = [path for path in out.absolute().parents if not path.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        writer = BundleWriter(checkpoint, staging, with_onnx)
-        tasks = list(writer.module.model.heads)
-        fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
-        metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None
-        writer.write(fused, metrics)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _terminated_as_exit():
+        staging, lock = _staging_directory(out)
+        try:
+            writer = BundleWriter(checkpoint, staging, with_onnx)
+            tasks = list(writer.module.model.heads)
+            fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
+            metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None
+            writer.write(fused, metrics)
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            for directory in created:  # deepest first; what --out's creation added, now empty again
+                if any(directory.iterdir()):
+                    break
+                directory.rmdir()
+            raise
+        finally:
+            os.close(lock)
     return out
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Trainer
 
 from fusionrec.data.datamodule import MultiTaskDataModule
 from fusionrec.errors import ConfigError
+from fusionrec.training.checkpoint import read_checkpoint
 from fusionrec.training.module import MultiTaskModule
 
 
 def test_split_metrics(checkpoint: str | Path, module: MultiTaskModule) -> dict[str, float]:
     """Rebuild the checkpoint's data module (its saved settings, the checkpoint's fitted preprocessing) and
     evaluate ``module`` on the test split: ``{"test/click/auc": ..., "test/loss": ...}``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint)
     settings = state.get("datamodule_hyper_parameters")
     if not settings:
         raise ConfigError(f"{checkpoint}: the checkpoint does not record its data settings, so its test split "

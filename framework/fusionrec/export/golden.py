@@ -15,6 +15,26 @@ CONTENT_ITEMS = [0, 1, 2, 3, 0, 1, None, 2]
 VECTOR_ROW = 7
 GOLDEN_FILES = "golden"  # the image and audio files the golden rows name, relative to the bundle
 
+# How far a runtime's float32 scores may be from the trained module's, as numpy.isclose reads it:
+# |score - golden| <= atol + rtol * |golden|. The runtimes sum in other orders and fuse other kernels,
+# so each score carries rounding from every layer (text, image and audio encoders included), which
+# grows with the magnitude of the activations, not of the score: the multimodal quickstart's ONNX graph
+# differed by up to 4.4e-6 relative (37 float32 ulps) and 6.9e-6 absolute (its regression output is
+# ~1-5), the torch.export program by 4e-7; a wrong weight or encoding moves scores by orders more.
+# A probability (or class distribution) is bounded by 1 and its sigmoid/softmax shrinks the logit's
+# error (slope <= 1/4): 1e-5 absolute is ~84 ulps at 1. A value or ranking score is unbounded: the
+# relative term scales with it, and the absolute term covers scores near 0 whose error comes from
+# activations of the usual size. rtol 1e-4 is ~840 ulps; these leave 10x over the worst measured.
+BOUNDED_KINDS = ("probability", "distribution")
+BOUNDED_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+UNBOUNDED_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+
+
+def tolerance(score_kind: str) -> dict[str, float]:
+    """The golden check's tolerance for an output of ``score_kind`` (a head's ``score_kind``); a kind not
+    known to be bounded is taken as unbounded."""
+    return dict(BOUNDED_TOLERANCE if score_kind in BOUNDED_KINDS else UNBOUNDED_TOLERANCE)
+
 
 def tabular_inputs(preprocessing: dict[str, dict[str, Any]]) -> dict[str, list]:
     """Raw values drawn from the fitted state (seeded): known ids and one unknown, numbers around the

@@ -5,7 +5,6 @@ Python API (``recommend``, ``evaluate_topk``), used by ``benchmarks/topk_ml100k.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,16 +19,12 @@ from fusionrec.recommend.catalogue import Side, assign_fields, pairs_by_row, rea
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.recommend.metrics import topk_metrics
 from fusionrec.recommend.ranker import Ranker, TopK
+from fusionrec.reporting.files import write_atomically
+from fusionrec.training.checkpoint import load_module
 from fusionrec.training.module import MultiTaskModule
 
 SCORE_HELP = ("fused score, YAML: {task: weight} or {task: {weight: W, offset: C}}, "
               "e.g. '{click: 1, like: 0.5, watch_time: {weight: 0.2, offset: 1}}'")
-
-
-def load_module(checkpoint: str) -> MultiTaskModule:
-    if not Path(checkpoint).is_file():
-        raise DataError(f"--ckpt: file not found: {checkpoint}")
-    return MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
 
 
 def load_sides(module: MultiTaskModule, users_path: str, items_path: str, user_key: str, item_key: str
@@ -99,18 +94,6 @@ def evaluate_topk(checkpoint: str, train_path: str, test_path: str, users_path: 
     return {**topk_metrics(top.items, test_users, test_items, len(items.keys), ks), "users": len(evaluated)}
 
 
-def write_atomically(frame: pd.DataFrame, output: str) -> None:
-    """Written beside the target and renamed into place: a failure leaves no half-written file."""
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        frame.to_parquet(partial, index=False)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _parser(command: str, description: str) -> CommandParser:
     parser = CommandParser(prog=f"fusionrec {command}", description=description)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by fusionrec fit")
@@ -134,7 +117,7 @@ def run_recommend(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     frame = recommend(args.ckpt, args.users, args.items, args.k, args.score, args.combine, args.exclude,
                       args.user_key, args.item_key, args.max_pairs)
-    write_atomically(frame, args.out)
+    write_atomically(Path(args.out), lambda partial: frame.to_parquet(partial, index=False))
     print(f"wrote {len(frame)} recommendations for {frame[args.user_key].nunique()} users to {args.out}")
     return 0
 
@@ -158,5 +141,5 @@ def run_evaluate_topk(argv: list[str]) -> int:
         table.add_row(str(k), *(f"{metrics[f'{name}@{k}']:.4f}" for name in ("recall", "ndcg", "coverage")))
     Console().print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomically(Path(args.out), lambda partial: partial.write_text(json.dumps(metrics, indent=2) + "\n"))
     return 0

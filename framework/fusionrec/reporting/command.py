@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from fusionrec.errors import CommandParser
 from fusionrec.reporting.report import write_report
 
 
 def run_report(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="fusionrec report",
         description="Rebuild training.png (from metrics.csv) and calibration.png (from calibration.csv) "
                     "in a run's log directory.")

@@ -26,8 +26,11 @@ def run_directory(trainer: Trainer) -> Path | None:
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(partial)`` to a temporary file beside ``path``, then rename it into place, so a
-    reader never sees half a file."""
+    reader never sees half a file, and a failed write leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -6,28 +6,31 @@
     scores = bundle.score({"user_id": ["u7", "u9"], "item_id": [31, 4], "price": [9.5, None], ...})
     # {"click": array([...]), "watch_time": array([...])}
 
-``bundle.check()`` scores the bundle's golden rows and compares them with the outputs recorded at
-export: run it once after loading in a new service. Neither loader imports Lightning, pluggy,
-pandas or any fusionrec plugin; each imports its runtime only when called.
+Both loaders first verify the bundle against its ``SHA256SUMS`` (every file listed, none changed, none
+outside the directory) and the manifest against the graphs they load, raising :class:`BundleError`
+(a ``ConfigError``) naming the file; ``verify=False`` skips the checksums, for a copy that was already
+verified. ``bundle.check()`` scores the bundle's golden rows and compares them with the outputs
+recorded at export: run it once after loading in a new service. Neither loader imports Lightning,
+pluggy, pandas or any fusionrec plugin; each imports its runtime only when called.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fusionrec.serving.bundle import Bundle
+from fusionrec.serving.bundle import Bundle, BundleError
 from fusionrec.serving.features import RequestError
 
-__all__ = ["Bundle", "RequestError", "load", "load_onnx"]
+__all__ = ["Bundle", "BundleError", "RequestError", "load", "load_onnx"]
 
 
-def load(directory: str | Path) -> Bundle:
+def load(directory: str | Path, verify: bool = True) -> Bundle:
     from fusionrec.serving.program import ProgramBundle
 
-    return ProgramBundle(directory)
+    return ProgramBundle(directory, verify=verify)
 
 
-def load_onnx(directory: str | Path) -> Bundle:
+def load_onnx(directory: str | Path, verify: bool = True) -> Bundle:
     from fusionrec.serving.onnx_runtime import OnnxBundle
 
-    return OnnxBundle(directory)
+    return OnnxBundle(directory, verify=verify)

@@ -1,29 +1,46 @@
-"""What every bundle loader shares: the manifest, the preparation of raw rows and the golden-row check.
+"""What every bundle loader shares: verifying the bundle's files, the manifest, the preparation of raw
+rows and the golden-row check.
 
-A runtime (the torch.export program, the ONNX graph) subclasses :class:`Bundle` with ``run`` (the
-scoring graph) and ``run_item_encoder`` (a content field's item encoder)."""
+A runtime (the torch.export program, the ONNX graph) subclasses :class:`Bundle` with ``load_graphs``
+(reading its graph files through ``Bundle.file`` and checking them with ``Bundle.check_graph``), ``run``
+(the scoring graph) and ``run_item_encoder`` (a content field's item encoder).
+
+Integrity: ``SHA256SUMS`` (the ``sha256sum`` format, so ``sha256sum -c SHA256SUMS`` checks a bundle too)
+lists every other file of the bundle, ``manifest.json`` included. A loader refuses a bundle without it,
+an entry that is not a path inside the bundle, a file in the bundle it does not list, a listed file
+that changed, and a file the manifest names that it does not list."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
+from fusionrec.errors import ConfigError
 from fusionrec.serving.content import ContentError, ContentPreparer
-from fusionrec.serving.features import FeatureEncoder, RequestError, present_input
+from fusionrec.serving.features import (CONTENT_TYPES, MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string,
+                                        float32_vector, present_input, shown)
 
-__all__ = ["ASSETS", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "file_sha256", "item_encoder_files",
-           "present_input"]
+__all__ = ["ASSETS", "CHECKSUMS", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "BundleError",
+           "file_sha256", "item_encoder_files", "present_input", "read_checksums", "write_checksums"]
 
 MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "model.onnx", "golden.json", "assets"
+CHECKSUMS = "SHA256SUMS"
+_CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (.+)")
+
+
+class BundleError(ConfigError):
+    """A bundle directory that is incomplete, changed since export or inconsistent; the message names the file."""
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 a manifest records for a bundle file, read a megabyte at a time."""
+    """The sha256 the checksum file records for a bundle file, read a megabyte at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -36,14 +53,146 @@ def item_encoder_files(field: str) -> tuple[str, str]:
     return f"item_encoder.{field}.pt2", f"item_encoder.{field}.onnx"
 
 
+def _bundle_files(directory: Path) -> list[str]:
+    """Every file under ``directory`` (links included, not followed) but the checksum file, as POSIX
+    paths relative to it."""
+    names = []
+    for folder, _, files in os.walk(directory):
+        names += [(Path(folder) / file).relative_to(directory).as_posix() for file in files]
+    return sorted(name for name in names if name != CHECKSUMS)
+
+
+def write_checksums(directory: Path) -> None:
+    """Write ``directory/SHA256SUMS`` over every other file in it: the last step of an export."""
+    (directory / CHECKSUMS).write_text("".join(f"{file_sha256(directory / name)}  {name}\n"
+                                               for name in _bundle_files(directory)), encoding="utf-8")
+
+
+def _not_inside(name: str) -> str | None:
+    """Why ``name`` is not a path to a file inside a bundle (relative, normalised, never up), or None."""
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor:
+        return "an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "a path out of the bundle ('..')"
+    if "\\" in name or name in ("", ".") or str(PurePosixPath(name)) != name:
+        return "not a normalised relative path"
+    return None
+
+
+def read_checksums(directory: Path) -> dict[str, str]:
+    """``directory/SHA256SUMS`` -> ``{file: sha256}``; a missing file, a malformed line, or an entry that
+    is not a path inside the bundle is a BundleError naming the line."""
+    sums = directory / CHECKSUMS
+    if not sums.is_file():
+        raise BundleError(f"{sums}: missing, so the bundle cannot be verified; export the bundle again")
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise BundleError(f"{sums}: not a checksum file ({error})") from None
+    listed: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        match = _CHECKSUM_LINE.fullmatch(line)
+        if match is None:
+            raise BundleError(f"{sums}: line {number}: expected '<sha256>  <file>', got {line!r:.80}")
+        digest, name = match.groups()
+        problem = _not_inside(name) or ("listed twice" if name in listed else None)
+        if problem:
+            raise BundleError(f"{sums}: line {number}: {name!r} is {problem}")
+        listed[name] = digest
+    return listed
+
+
+def verify_files(directory: Path) -> frozenset[str]:
+    """Check ``directory`` against its checksum file and return the files it lists: every file in the
+    bundle must be listed, and every listed file that is there must be inside the bundle (a link may
+    not lead out) and unchanged. A listed file may be absent: the loader that reads it says so
+    (``Bundle.file``), so a deployment may leave out what its runtime does not read."""
+    listed = read_checksums(directory)
+    for name in _bundle_files(directory):
+        if name not in listed:
+            raise BundleError(f"{directory / name}: not listed in {CHECKSUMS}; a bundle holds only the files "
+                              f"fusionrec export wrote")
+    root = directory.resolve()
+    for name, digest in listed.items():
+        path = directory / name
+        if not path.resolve().is_relative_to(root):
+            raise BundleError(f"{path}: leads out of the bundle (to {path.resolve()})")
+        if path.is_file() and file_sha256(path) != digest:
+            raise BundleError(f"{path}: changed since export (its sha256 differs from the one {CHECKSUMS} "
+                              f"records); export the bundle again")
+    return frozenset(listed)
+
+
 class Bundle:
-    def __init__(self, directory: str | Path):
+    """A bundle directory, checked against its ``SHA256SUMS`` unless ``verify`` is False (for a copy already
+    verified, e.g. when a service restarts); the manifest, the content preparers and the request encoder."""
+
+    def __init__(self, directory: str | Path, verify: bool = True):
         self.directory = Path(directory)
-        self.manifest = json.loads((self.directory / MANIFEST).read_text())
+        if not (self.directory / MANIFEST).is_file():
+            raise BundleError(f"{self.directory}: no {MANIFEST} there; write a bundle with "
+                              f"fusionrec export --ckpt CHECKPOINT --out {self.directory}")
+        self.listed = verify_files(self.directory) if verify else None
+        self.manifest = self._read_manifest()
         self.content_fields = self.manifest.get("content", {}).get("fields", {})
-        self.preparers = {name: ContentPreparer(entry["content"], self.directory / ASSETS / name)
-                          for name, entry in self.content_fields.items()}
+        self.preparers = {}
+        for name, entry in self.content_fields.items():
+            if "tokenizer" in entry["content"]:  # the one content setting that names a file
+                self.file(f"{ASSETS}/{name}/{entry['content']['tokenizer']}")
+            self.preparers[name] = ContentPreparer(entry["content"], self.directory / ASSETS / name)
         self.encode = FeatureEncoder(self.manifest["preprocessing"], item_vectors=self.item_vectors)
+        self.load_graphs()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.file(MANIFEST)
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise BundleError(f"{path}: not a bundle manifest ({error})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != "fusionrec-bundle":
+            raise BundleError(f"{path}: not a fusionrec bundle manifest (no \"format\": \"fusionrec-bundle\")")
+        return manifest
+
+    def file(self, name: Any) -> Path:
+        """The path of the bundle file ``name`` (as the manifest or golden rows name it), which a loader is
+        about to read: it must be there and, when verifying, one ``SHA256SUMS`` lists (so it was checked)."""
+        if not isinstance(name, str) or (self.listed is not None and name not in self.listed):
+            raise BundleError(f"{self.directory / MANIFEST}: names the file {name!r}, which {CHECKSUMS} does not "
+                              f"list; export the bundle again")
+        path = self.directory / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; export the bundle again")
+        return path
+
+    def load_graphs(self) -> None:
+        """Load the runtime's scoring graph and item encoders, each through ``file`` and ``check_graph``."""
+        raise NotImplementedError
+
+    def check_graph(self, graph: str, inputs: Sequence[str], outputs: Sequence[str] | None = None,
+                    field: str | None = None) -> None:
+        """Refuse a manifest that does not describe the loaded ``graph``: its signature (``inputs``, or a
+        content field's item-encoder ``inputs`` when ``field`` is given) must name the graph's inputs,
+        which must be the ones the request encoder makes from ``preprocessing``, and its ``outputs`` the
+        graph's tasks."""
+        where = self.directory / MANIFEST
+        if field is None:
+            key, declared = "inputs", [entry["name"] for entry in self.manifest["inputs"]]
+            encoded = [name for field_name, entry in self.manifest["preprocessing"].items() for name in
+                       ((field_name, present_input(field_name)) if entry["type"] in CONTENT_TYPES else (field_name,))]
+            for name in encoded:
+                if name not in declared:
+                    raise BundleError(f"{where}: preprocessing makes input '{name}', which \"inputs\" does not declare")
+        else:
+            key, declared = f"content.fields.{field}.inputs", self.content_fields[field]["inputs"]
+        for name in declared:
+            if name not in inputs:
+                raise BundleError(f"{where}: \"{key}\" declares input '{name}', which {graph} does not take")
+        for name in inputs:
+            if name not in declared:
+                raise BundleError(f"{where}: {graph} takes input '{name}', which \"{key}\" does not declare")
+        for task in self.tasks if outputs is not None else ():
+            if task not in outputs:
+                raise BundleError(f"{where}: \"outputs\" declares task '{task}', which {graph} does not give")
 
     @property
     def tasks(self) -> list[str]:
@@ -74,43 +223,59 @@ class Bundle:
         prepared.pop("problems")
         return self.run_item_encoder(field, prepared)
 
-    def item_vectors(self, field: str, values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def item_vectors(self, field: str, values: Sequence[Any], label: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """A content field's values in a request -> (item vectors ``[B, D]``, ``Bool[B]`` present): raw
-        content is encoded (each distinct item once), a list of numbers is taken as the item's vector."""
-        dim = self.content_fields[field]["dim"]
+        content is encoded (each distinct item once), a list of numbers is taken as the item's vector.
+        ``label`` names the field in messages (default ``field 'name'``)."""
+        dim, label = self.content_fields[field]["dim"], label or f"field '{field}'"
         vectors, present = np.zeros((len(values), dim), dtype=np.float32), np.zeros(len(values), dtype=bool)
         raw: dict[str, list[int]] = {}
         for row, value in enumerate(values):
             if value is None or (isinstance(value, float) and value != value):
                 continue
             if isinstance(value, str):
-                if value.strip():  # stripped, and an empty text or path is no content, as in training
+                if checked_string(value, label, row, MAX_TEXT_CHARS).strip():
+                    # stripped, and an empty text or path is no content, as in training
                     raw.setdefault(value.strip(), []).append(row)
                 continue
-            try:
-                vector = np.asarray(value, dtype=np.float32)
-            except (TypeError, ValueError):
-                vector = None
-            if vector is None or vector.shape != (dim,):
-                raise RequestError(f"field '{field}': row {row}: expected content (a string), an item vector of "
-                                   f"{dim} numbers or null, got {value!r:.80}")
-            vectors[row], present[row] = vector, True
+            if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != dim:
+                raise RequestError(f"{label}: row {row}: expected content (a string), an item vector of "
+                                   f"{dim} numbers or null, got {shown(value)}")
+            vectors[row], present[row] = float32_vector(value, dim, label, row), True
         if raw:
             encoded = self.encode_items(field, list(raw))
             for position, rows in enumerate(raw.values()):
                 vectors[rows], present[rows] = encoded[position], True
         return vectors, present
 
-    def check(self, tolerance: float = 1e-5) -> None:
-        """Raise if the golden rows do not score as they did at export."""
-        golden = json.loads((self.directory / GOLDEN).read_text())
+    def check(self) -> None:
+        """Raise AssertionError if the golden rows do not score as at export: each output within the
+        ``golden_tolerance`` its manifest entry records, as ``numpy.isclose`` reads it
+        (``|score - golden| <= atol + rtol * |golden|``)."""
+        golden = json.loads(self.file(GOLDEN).read_text())
         inputs = dict(golden["inputs"])
         for field, entry in self.content_fields.items():  # golden image/audio files live in the bundle
             if entry["content"]["kind"] != "text":
-                inputs[field] = [str(self.directory / v) if isinstance(v, str) else v for v in inputs[field]]
+                inputs[field] = [str(self.file(v)) if isinstance(v, str) else v for v in inputs[field]]
         scores = self.score(inputs)
         for task, expected in golden["outputs"].items():
-            difference = np.abs(scores[task] - np.asarray(expected)).max()
-            if not difference <= tolerance:
-                raise AssertionError(f"{self.directory}: task '{task}' scores differ from the golden outputs "
-                                     f"by up to {difference:.3g}")
+            tolerance = self.manifest["outputs"][task].get("golden_tolerance")
+            if tolerance is None:
+                raise BundleError(f"{self.directory / MANIFEST}: outputs.{task} has no golden_tolerance (written "
+                                  f"by an older fusionrec); export the bundle again")
+            actual, expected = np.asarray(scores[task], dtype=np.float64), np.asarray(expected, dtype=np.float64)
+            if actual.shape != expected.shape:
+                raise AssertionError(f"{self.directory}: task '{task}' scores have shape {actual.shape}, the golden "
+                                     f"outputs {expected.shape}")
+            rtol, atol = tolerance["rtol"], tolerance["atol"]
+            if np.isclose(actual, expected, rtol=rtol, atol=atol).all():
+                continue
+            difference, allowed = np.abs(actual - expected), atol + rtol * np.abs(expected)
+            excess = np.where(np.isnan(difference), np.inf, difference - allowed)
+            worst = np.unravel_index(np.argmax(excess), excess.shape)
+            place = f"row {worst[0]}" + (f", class {worst[1]}" if len(worst) > 1 else "")
+            raise AssertionError(
+                f"{self.directory}: task '{task}' {place} scores {actual[worst]:.7g} against the golden "
+                f"{expected[worst]:.7g}: a difference of {difference[worst]:.3g} where {allowed[worst]:.3g} is "
+                f"allowed (rtol {rtol:g}, atol {atol:g})")

@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from fusionrec.errors import CommandParser, ConfigError, FusionrecError
-from fusionrec.serving.bundle import MANIFEST, ONNX_GRAPH, PROGRAM, Bundle, file_sha256
+from fusionrec.serving.bundle import MANIFEST, ONNX_GRAPH, PROGRAM, Bundle
 from fusionrec.serving.features import RequestError
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 
@@ -20,35 +19,14 @@ INSTALL_HINT = "pip install 'fusionrec[serve]'"
 
 
 def open_bundle(directory: str | Path, runtime: str) -> Bundle:
-    """Load ``directory`` with ``runtime`` (``pt2`` or ``onnx``) after checking its files against the
-    manifest's checksums, then score its golden rows; any problem is one ConfigError naming it."""
+    """Load ``directory`` with ``runtime`` (``pt2`` or ``onnx``), which verifies its files and manifest
+    (:mod:`fusionrec.serving.bundle`), then score its golden rows; any problem is one ConfigError naming it."""
     directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise ConfigError(f"{directory}: no {MANIFEST} there; write a bundle with "
-                          f"fusionrec export --ckpt CHECKPOINT --out {directory}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{manifest_path}: not a bundle manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "fusionrec-bundle":
-        raise ConfigError(f"{manifest_path}: not a fusionrec bundle manifest (no \"format\": \"fusionrec-bundle\")")
     program, package = RUNTIMES[runtime]
-    if not (directory / program).is_file():
+    if (directory / MANIFEST).is_file() and not (directory / program).is_file():
         hint = (" (fusionrec export writes it when the onnx extra is installed and --no-onnx is not given)"
                 if runtime == "onnx" else "")
         raise ConfigError(f"{directory}: no {program}, which --runtime {runtime} runs{hint}")
-    # Every file the manifest lists must be unchanged; only the other runtime's graphs may be absent.
-    other_runtime_suffix = ".onnx" if runtime == "pt2" else ".pt2"
-    for name, entry in manifest.get("files", {}).items():
-        path = directory / name
-        if not path.is_file():
-            if name.endswith(other_runtime_suffix):
-                continue
-            raise ConfigError(f"{path}: missing, though {MANIFEST} lists it; export the bundle again")
-        if file_sha256(path) != entry["sha256"]:
-            raise ConfigError(f"{path}: changed since export (its sha256 differs from the one {MANIFEST} "
-                              f"records); export the bundle again")
     from fusionrec.serving import load, load_onnx
 
     try:

@@ -16,6 +16,7 @@ Every preparer also returns ``present`` ``Bool[U]``: ``None`` is an item without
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,16 @@ def existing_file(content: Any) -> Path:
     if content is None or (isinstance(content, float) and content != content) or not str(content).strip():
         raise ContentError("no path given")
     path = Path(str(content))
-    if not path.is_file():
-        raise ContentError("file not found")
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ContentError("file not found") from None
+    except (OSError, ValueError) as error:  # a name too long, a symlink loop, a NUL character
+        raise ContentError(f"cannot open: {getattr(error, 'strerror', None) or error}") from None
+    if stat.S_ISDIR(mode):
+        raise ContentError("a directory, not a file")
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+        raise ContentError("not a regular file")
     return path
 
 

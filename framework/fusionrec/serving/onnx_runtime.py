@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from fusionrec.errors import ConfigError
-from fusionrec.serving.bundle import ONNX_GRAPH, Bundle
+from fusionrec.serving.bundle import ONNX_GRAPH, Bundle, BundleError
 
 
 def _session(path: Path) -> onnxruntime.InferenceSession:
@@ -20,14 +19,17 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
 
 
 class OnnxBundle(Bundle):
-    def __init__(self, directory: str | Path):
-        super().__init__(directory)
+    def load_graphs(self) -> None:
         if not (self.directory / ONNX_GRAPH).is_file():
-            raise ConfigError(f"{self.directory}: no {ONNX_GRAPH} (exported with --no-onnx or without the onnx "
+            raise BundleError(f"{self.directory}: no {ONNX_GRAPH} (exported with --no-onnx or without the onnx "
                               f"extra); load it with fusionrec.serving.load")
-        self.session = _session(self.directory / ONNX_GRAPH)
-        self.item_encoders = {field: _session(self.directory / entry["onnx"])
-                              for field, entry in self.content_fields.items()}
+        self.session = _session(self.file(ONNX_GRAPH))
+        self.check_graph(ONNX_GRAPH, [node.name for node in self.session.get_inputs()],
+                         outputs=[node.name for node in self.session.get_outputs()])
+        self.item_encoders = {}
+        for field, entry in self.content_fields.items():
+            self.item_encoders[field] = _session(self.file(entry["onnx"]))
+            self.check_graph(entry["onnx"], [node.name for node in self.item_encoders[field].get_inputs()], field=field)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.tasks, inputs)

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from fusionrec.serving.bundle import PROGRAM, Bundle
 
 
+def _structure(spec: pytree.TreeSpec) -> Any:
+    """A program's inputs or outputs as the nested containers its tree spec describes (leaves numbered)."""
+    return pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+
+
 class ProgramBundle(Bundle):
-    def __init__(self, directory: str | Path):
-        super().__init__(directory)
-        self.program = torch.export.load(self.directory / PROGRAM).module()
-        self.item_encoders = {field: torch.export.load(self.directory / entry["program"]).module()
-                              for field, entry in self.content_fields.items()}
+    def load_graphs(self) -> None:
+        program = torch.export.load(self.file(PROGRAM))
+        _, keywords = _structure(program.call_spec.in_spec)
+        self.check_graph(PROGRAM, list(keywords["features"]), outputs=list(_structure(program.call_spec.out_spec)))
+        self.program = program.module()
+        self.item_encoders = {}
+        for field, entry in self.content_fields.items():
+            encoder = torch.export.load(self.file(entry["program"]))
+            _, keywords = _structure(encoder.call_spec.in_spec)
+            self.check_graph(entry["program"], list(keywords["inputs"]), field=field)
+            self.item_encoders[field] = encoder.module()
 
     @torch.no_grad()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,35 +8,80 @@
 
 Each request is checked against the bundle's fields and encoded on its own, so a bad one is
 answered 422 (413 when it holds more than ``max_batch_rows`` rows) with ``{"detail": message}``
-naming the field, and never reaches the batch it would have shared with others. Unknown ids are not
-errors: they take the out-of-vocabulary id. docs/serving.md has examples.
+naming the field and the row, and never reaches the batch it would have shared with others. Every
+value is checked (:mod:`fusionrec.serving.features`): nothing a client sends gets a 500. Unknown ids
+are not errors: they take the out-of-vocabulary id. docs/serving.md has examples.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Mapping
-from pathlib import Path
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionrec.errors import ConfigError
 from fusionrec.serving.batching import MicroBatcher
 from fusionrec.serving.bundle import Bundle
-from fusionrec.serving.features import RequestError
+from fusionrec.serving.content import ContentError, existing_file
+from fusionrec.serving.features import MAX_CHARS, RequestError, checked_string, shown
 from fusionrec.serving.fused_score import FusedScore
 
 SCORE_HINT = ("start the service with --score, e.g. fusionrec serve BUNDLE --score '{click: 1, like: 0.5}', "
               "or export the bundle with one")
-# The JSON shape of one cell per feature type; the encoder checks the values themselves.
-SCALAR_TYPES = {"categorical", "numeric"}
-SCALAR = (str, int, float, bool, type(None))
+MAX_PROBLEMS = 3  # envelope problems and field names in one message: a request may hold thousands
+logger = logging.getLogger("fusionrec.serving")
+
+
+def listed(names: list[str], separator: str = ", ") -> str:
+    """The first few of ``names``, each cut short, and how many more: a message stays one short line."""
+    more = f" and {len(names) - MAX_PROBLEMS} more" if len(names) > MAX_PROBLEMS else ""
+    return separator.join(f"{name:.60}" for name in names[:MAX_PROBLEMS]) + more
+
+
+class Answer(JSONResponse):
+    """JSON with every non-ASCII character escaped: a string a client sent may hold a lone surrogate
+    (valid JSON, no valid UTF-8), and messages and /recommend's keys send such strings back."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class KeepServing:
+    """The last line behind the request checks: an exception none of them foresaw is logged with its
+    traceback and answered 500 without one. Reaching uvicorn, it would close the client's connection."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as error:
+            if started:  # too late for an answer of our own
+                raise
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            await Answer({"detail": f"internal error ({type(error).__name__}); the service logged it"},
+                         status_code=500)(scope, receive, send)
 
 
 class ScoreRequest(BaseModel):
@@ -48,8 +93,10 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: dict[str, Any] = Field(description="{field: value}: the user's and the context's fields, one value each")
     items: dict[str, list[Any]] = Field(description="{field: [values]}: the candidates' fields and their key")
-    k: int = Field(10, ge=1, description="how many items to return (fewer when there are fewer candidates)")
-    item_key: str = Field("item_id", description="the items field that identifies a candidate in the answer")
+    k: int = Field(10, ge=1, strict=True,
+                   description="how many items to return (fewer when there are fewer candidates)")
+    item_key: str = Field("item_id", max_length=MAX_CHARS,
+                          description="the items field that identifies a candidate in the answer")
 
 
 def columns_of(rows: Any) -> dict[str, list]:
@@ -57,14 +104,14 @@ def columns_of(rows: Any) -> dict[str, list]:
     if isinstance(rows, Mapping):
         for field, values in rows.items():
             if not isinstance(values, list):
-                raise RequestError(f"rows.{field}: expected a list with one value per row, got {values!r:.80}")
+                raise RequestError(f"rows.{field:.60}: expected a list with one value per row, got {shown(values)}")
         return dict(rows)
     if isinstance(rows, list) and rows and all(isinstance(row, Mapping) for row in rows):
         fields = list(dict.fromkeys(field for row in rows for field in row))
         for number, row in enumerate(rows):
             if len(row) != len(fields):
                 missing = [field for field in fields if field not in row]
-                raise RequestError(f"rows[{number}]: missing field(s): {', '.join(missing)}")
+                raise RequestError(f"rows[{number}]: missing field(s): {listed(missing)}")
         return {field: [row[field] for row in rows] for field in fields}
     raise RequestError("rows: expected {field: [values]} or a non-empty list of {field: value} objects")
 
@@ -88,16 +135,14 @@ class Scorer:
         place = {field: f"{(sides or {}).get(field, batch)}.{field}" for field in columns}
         unknown = [place[field] for field in columns if field not in self.fields]
         if unknown:
-            raise RequestError(f"unknown field(s) {', '.join(unknown)}; the bundle's fields: {', '.join(self.fields)}")
+            raise RequestError(f"unknown field(s) {listed(unknown)}; the bundle's fields: {', '.join(self.fields)}")
         rows = max((len(values) for values in columns.values()), default=0)
         if rows > self.max_batch_rows:
             raise HTTPException(413, f"{batch}: {rows} rows, more than this service's --max-batch-rows "
                                      f"{self.max_batch_rows}; split the request")
-        for field, values in columns.items():
-            self._check_cells(self.fields[field]["type"], values, place[field])
         columns = {field: [self._file(cell, place[field], row) if field in self.file_fields else cell
                            for row, cell in enumerate(values)] for field, values in columns.items()}
-        inputs = self.bundle.encode(columns)  # missing fields, lengths, numbers, vector widths
+        inputs = self.bundle.encode(columns, labels=place)  # every value's type, range and length
         if rows == 0:
             raise RequestError(f"{batch}: no rows")
         return inputs, rows
@@ -105,40 +150,51 @@ class Scorer:
     def _file(self, cell: Any, place: str, row: int) -> Any:
         """An image or audio cell: a path is read only under --content-root (relative to it), so that a
         client cannot make the service open any file on its machine; item vectors always pass."""
-        if not isinstance(cell, str) or not cell.strip():
+        if not isinstance(cell, str) or not checked_string(cell, place, row).strip():
             return cell
         if self.content_root is None:
             raise RequestError(f"{place}: row {row}: this service reads no files (start it with --content-root "
                                f"DIR to allow files under DIR); send the item's vector instead")
-        path = (self.content_root / cell.strip()).resolve()
+        if "\0" in cell:  # the operating system cannot take it; Path.resolve raises
+            raise RequestError(f"{place}: row {row}: a path with a NUL character")
+        try:
+            path = (self.content_root / cell.strip()).resolve()
+        except RuntimeError:  # Python < 3.13 raises on a loop of symbolic links
+            raise RequestError(f"{place}: row {row}: {shown(cell)}: a loop of symbolic links") from None
+        except OSError as error:
+            raise RequestError(f"{place}: row {row}: {shown(cell)}: cannot open: {error.strerror}") from None
         if not path.is_relative_to(self.content_root):
-            raise RequestError(f"{place}: row {row}: {cell!r} is outside --content-root {self.content_root}")
-        return str(path)
-
-    @staticmethod
-    def _check_cells(kind: str, values: list, place: str) -> None:
-        for row, cell in enumerate(values):
-            if kind in SCALAR_TYPES:
-                wrong = not isinstance(cell, SCALAR)
-                expected = "one value"
-            elif kind == "multi_categorical":
-                wrong = not (isinstance(cell, (str, type(None))) or
-                             isinstance(cell, list) and all(isinstance(part, SCALAR) for part in cell))
-                expected = "a separated string or a list of values"
-            elif kind == "vector":
-                wrong = not (cell is None or isinstance(cell, list) and
-                             all(isinstance(part, (int, float)) and not isinstance(part, bool) for part in cell))
-                expected = "a list of numbers"
-            else:  # media and later types: their encoder judges
-                return
-            if wrong:
-                raise RequestError(f"{place}: expected {expected} per row ({kind} field), got {cell!r:.80} (row {row})")
+            raise RequestError(f"{place}: row {row}: {shown(cell)} is outside --content-root {self.content_root}")
+        try:
+            return str(existing_file(path))
+        except ContentError as error:  # said here, where the row and the path as sent are known
+            raise RequestError(f"{place}: row {row}: {shown(cell)}: {error}") from None
 
     async def score(self, columns: dict[str, list], batch: str, sides: Mapping[str, str] | None = None
                     ) -> dict[str, np.ndarray]:
         # Off the event loop: content fields (text, image, audio) run their item encoders while encoding.
         inputs, rows = await asyncio.to_thread(self.encode, columns, batch, sides)
-        return await self.batcher.submit(inputs, rows)
+        scores = await self.batcher.submit(inputs, rows)
+        for task, values in scores.items():
+            unscored(values, f"{batch}: task {task}")
+        return scores
+
+
+def unscored(scores: np.ndarray, where: str) -> None:
+    """Refuse rows whose score is not finite: inputs within float32 can still overflow inside the model
+    (a number far outside the training range), and JSON has no inf or NaN to answer with."""
+    bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
+    if len(bad):
+        raise RequestError(f"{where}: row(s) {', '.join(map(str, bad[:MAX_PROBLEMS]))}: the score is not finite; "
+                           f"a number in the row is too far outside the values the model was trained on")
+
+
+def _problem(problem: Mapping[str, Any]) -> str:
+    """One pydantic problem with the request's envelope -> ``where: what``."""
+    where = ".".join(f"{part:.40}" if isinstance(part, str) else str(part) for part in problem["loc"][1:])
+    if problem["type"] == "json_invalid":
+        return f"body: not JSON ({problem['ctx']['error']} at character {where})"
+    return f"{where or 'body'}: {problem['msg']}"
 
 
 def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float = 0.0,
@@ -161,6 +217,11 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
     scorer = Scorer(bundle, max_batch_rows, max_wait_ms, fused_score,
                     Path(content_root) if content_root is not None else None)
     metadata = {**manifest, "fused_score": fused_score.as_dict() if fused_score else None}
+    try:
+        metadata = Answer(metadata).body  # rendered once; a manifest JSON cannot carry would fail every /metadata
+    except ValueError:
+        raise ConfigError(f"{bundle.directory / 'manifest.json'}: holds an inf or NaN, which JSON cannot carry; "
+                          f"export the bundle again") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -168,25 +229,24 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         yield
         await scorer.batcher.stop()
 
-    app = FastAPI(title="fusionrec scoring service", lifespan=lifespan,
+    app = FastAPI(title="fusionrec scoring service", lifespan=lifespan, default_response_class=Answer,
                   description=f"Scores rows with the bundle {bundle.directory.name}: tasks {', '.join(bundle.tasks)}.")
     app.state.scorer = scorer
+    app.add_middleware(KeepServing)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=422)
+        return Answer({"detail": str(error)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def envelope_error(request: Request, error: RequestValidationError) -> JSONResponse:
         # One message like the other errors, instead of pydantic's list of error objects.
-        problems = ["{}: {}".format(".".join(str(part) for part in problem["loc"][1:]) or "body", problem["msg"])
-                    for problem in error.errors()]
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+        return Answer({"detail": listed([_problem(problem) for problem in error.errors()], "; ")}, status_code=422)
 
     @app.post("/score")
     async def score(request: ScoreRequest) -> JSONResponse:
         scores = await scorer.score(columns_of(request.rows), "rows")
-        return JSONResponse({"scores": {task: value.tolist() for task, value in scores.items()}})
+        return Answer({"scores": {task: value.tolist() for task, value in scores.items()}})
 
     @app.post("/recommend")
     async def recommend(request: RecommendRequest) -> JSONResponse:
@@ -195,18 +255,26 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         items = dict(request.items)
         lengths = {field: len(values) for field, values in items.items()}
         if len(set(lengths.values())) > 1:
-            raise RequestError(f"items: the lists differ in length: {lengths}")
+            raise RequestError(f"items: the lists differ in length: {shown(lengths)}")
         if request.item_key not in items:
-            raise RequestError(f"items: no {request.item_key!r} list, the item_key that names the candidates")
+            raise RequestError(f"items: no {shown(request.item_key)} list, the item_key that names the candidates")
         keys = items[request.item_key] if request.item_key in scorer.fields else items.pop(request.item_key)
+        where = f"items.{request.item_key:.60}"
+        for row, key in enumerate(keys):  # sent back as they came: a name, not any JSON value
+            if isinstance(key, str):
+                checked_string(key, where, row)
+            elif isinstance(key, bool) or not (isinstance(key, int) or isinstance(key, float) and np.isfinite(key)):
+                raise RequestError(f"{where}: row {row}: expected a string or a number naming the candidate, "
+                                   f"got {shown(key)}")
         both = sorted(set(request.user) & set(items))
         if both:
-            raise RequestError(f"user and items both hold {', '.join(both)}; give each field once")
+            raise RequestError(f"user and items both hold {listed(both)}; give each field once")
         columns = {**{field: [value] * len(keys) for field, value in request.user.items()}, **items}
         scores = await scorer.score(columns, "items", {field: "user" for field in request.user})
         fused = scorer.fused_score(scores)
+        unscored(fused, "items: the fused score")
         best = np.argsort(-fused, kind="stable")[:request.k]
-        return JSONResponse({"items": [
+        return Answer({"items": [
             {request.item_key: keys[row], "score": float(fused[row]),
              "scores": {task: value[row].tolist() for task, value in scores.items()}} for row in best]})
 
@@ -216,7 +284,7 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         return {"status": "ok", "requests": batcher.requests, "model_runs": batcher.runs, "rows": batcher.rows}
 
     @app.get("/metadata")
-    async def get_metadata() -> dict[str, Any]:
-        return metadata
+    async def get_metadata() -> Response:
+        return Response(metadata, media_type="application/json")
 
     return app

@@ -3,7 +3,7 @@ Parquet writer for predictions."""
 
 from __future__ import annotations
 
-import os
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +35,10 @@ def metrics_by_task(metrics: dict[str, Any], stage: str) -> dict[str, dict[str, 
     return dict(table)
 
 
+def format_metric(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
 class MetricsTable(Callback):
     """Prints one row per task and one column per metric after each validation and test run."""
 
@@ -48,13 +52,16 @@ class MetricsTable(Callback):
         if not by_task:
             return
         columns = sorted({name for metrics in by_task.values() for name in metrics}, key=lambda n: (n == "loss", n))
-        table = Table(title=title)
+        undefined = any(math.isnan(value) for metrics in by_task.values() for value in metrics.values())
+        # A NaN metric is one not defined on these rows (an AUC over rows of one class), never a score.
+        table = Table(title=title, caption="n/a: not defined on these rows (e.g. an AUC where every row has the "
+                                           "same label)" if undefined else None)
         table.add_column("task")
         for column in columns:
             table.add_column(column, justify="right")
         for task, metrics in by_task.items():
             # escape: "click [home]" is a row name, not rich markup.
-            table.add_row(escape(task), *(f"{metrics[c]:.4f}" if c in metrics else "" for c in columns))
+            table.add_row(escape(task), *(format_metric(metrics[c]) if c in metrics else "" for c in columns))
         self.console.print(table)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -116,7 +123,5 @@ class ParquetPredictionWriter(BasePredictionWriter):
             scores = np.concatenate([step[task].float().cpu().numpy() for step in steps])
             frame[task] = list(scores) if scores.ndim > 1 else scores
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.output.with_name(f".{self.output.name}.{os.getpid()}.partial")
-        frame.to_parquet(partial, index=False)
-        os.replace(partial, self.output)
+        write_atomically(self.output, lambda partial: frame.to_parquet(partial, index=False))
         print(f"wrote {len(frame)} rows of predictions to {self.output}")

@@ -11,6 +11,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 import fusionrec
+from fusionrec.components import FieldEncoder
+from fusionrec.components.options import NonNegativeFloat, PositiveFloat, PositiveInt
+from fusionrec.components.trunk import ScenarioTrunk
 from fusionrec.data.batches import Batch
 from fusionrec.data.feature_cache import FeatureCache
 from fusionrec.data.media import MediaBatch
@@ -20,7 +23,7 @@ from fusionrec.data.synthetic import cache_dir
 from fusionrec.errors import ConfigError
 from fusionrec.models.content import ContentField
 from fusionrec.models.multitask import MultiTaskModel, default_encoder
-from fusionrec.plugins import Registry, get_registry
+from fusionrec.plugins import Registry, check_options, get_registry
 from fusionrec.training.cost import model_costs, print_costs, table_memory_warning
 
 EVAL_STAGES = ("val", "test")
@@ -43,12 +46,16 @@ class MultiTaskModule(LightningModule):
             the first fit and stored in every checkpoint; leave it unset in configs.
     """
 
-    def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: int = 16,
+    def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: PositiveInt = 16,
                  encoders: dict[str, dict[str, Any]] | None = None, fusion: dict[str, Any] | None = None,
                  trunk: dict[str, Any] | None = None, balancer: dict[str, Any] | None = None,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.0, embedding_budget_mib: float | None = None,
-                 preprocessing: dict[str, Any] | None = None):
+                 learning_rate: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0,
+                 embedding_budget_mib: PositiveFloat | None = None, preprocessing: dict[str, Any] | None = None):
         super().__init__()
+        # LightningCLI passes jsonargparse's int and float subclasses (PositiveInt, ...); checkpoints
+        # hold plain numbers, so that they load with weights_only=True.
+        embedding_dim, learning_rate, weight_decay = int(embedding_dim), float(learning_rate), float(weight_decay)
+        embedding_budget_mib = None if embedding_budget_mib is None else float(embedding_budget_mib)
         # logger=False: the resolved config is saved by the CLI; vocabularies don't belong in hparams.yaml.
         self.save_hyperparameters(logger=False)
         self.registry = get_registry()
@@ -60,11 +67,31 @@ class MultiTaskModule(LightningModule):
         self.balancer = self.registry.build("balancers", balancer_options.pop("name"), "model.balancer",
                                             {name: spec.weight for name, spec in self.task_specs.items()},
                                             **balancer_options)
+        self._check_component_options()
         self.model: MultiTaskModel | None = None
         self._reported_problems: set[tuple[str, str]] = set()
         self._missing_rows: dict[tuple[str, str], Tensor] = {}
         if preprocessing is not None:
             self._build(preprocessing)
+
+    def _check_component_options(self) -> None:
+        """Every configured component's options against its factory's signature, before the data is
+        read: the components are built in setup, once the fitted preprocessing gives their inputs.
+        The skipped leading parameters are the ones the model passes (a trunk's input_dim, tasks...)."""
+        registry = self.registry
+        fusion = dict(self.fusion_config)
+        registry.check("fusions", fusion.pop("name"), "model.fusion", fusion, skip=1)
+        trunk = dict(self.trunk_config)
+        name = trunk.pop("name")
+        scenario_aware = issubclass(registry.get("trunks", name, "model.trunk").factory, ScenarioTrunk)
+        registry.check("trunks", name, "model.trunk", trunk, skip=3 if scenario_aware else 2)
+        for field, override in (self.hparams.encoders or {}).items():
+            key = f"model.encoders.{field}"
+            options = {option: value for option, value in override.items() if option != "dim" or value is not None}
+            if "name" in options:  # dim, when given, is checked as the encoder's second parameter
+                registry.check("encoders", options.pop("name"), key, options, skip=1 if "dim" in options else 2)
+            elif "dim" in options:  # the field's default encoder depends on its type, known from the data
+                check_options(FieldEncoder, {"dim": options["dim"]}, key, skip=1)
 
     def _build(self, preprocessing: dict[str, Any]) -> None:
         hp = self.hparams
