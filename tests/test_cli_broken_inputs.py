@@ -223,8 +223,11 @@ def test_a_checkpoint_of_another_config_names_what_differs(world, capsys, tmp_pa
 
 
 def test_training_settings_may_differ_from_the_checkpoint(world, capsys, tmp_path):
-    """A learning rate or task weight only shapes training: the checkpoint is tested under the new values."""
+    """A learning rate or task weight only shapes training: the checkpoint is tested under the new values;
+    a component named by its default builds the same model as one left unset."""
     edited = yaml.safe_load(world["config"].read_text())
+    assert "fusion" not in edited["model"] and "balancer" not in edited["model"]
+    edited["model"].update(fusion={"name": "concat"}, balancer={"name": "fixed"})
     edited["model"]["learning_rate"] = 0.1
     edited["model"]["tasks"]["click"]["weight"] = 3.0
     assert main(["test", "--config", str(write_config(tmp_path, edited)), "--ckpt_path", str(world["checkpoint"]),

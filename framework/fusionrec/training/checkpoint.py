@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fusionrec.errors import ConfigError
-from fusionrec.training.module import MultiTaskModule
+from fusionrec.training.module import DEFAULT_COMPONENTS, MultiTaskModule, component_config
 
 # What fusionrec and Lightning read from a checkpoint before they can rebuild its model.
 REQUIRED = {"": ("state_dict", "hyper_parameters", "pytorch-lightning_version"),
@@ -68,9 +68,16 @@ def config_differences(state: dict[str, Any], features: dict[str, str], scenario
         differences.append(f"data.scenario is {preprocessing.get('scenario')!r} in the checkpoint, "
                            f"{scenario!r} in the config")
     differences += _named_differences("model.tasks", _task_shapes(hyper["tasks"]), _task_shapes(model["tasks"]))
-    differences += [f"model.{key} is {hyper.get(key)!r} in the checkpoint, {model.get(key)!r} in the config"
-                    for key in ARCHITECTURE if hyper.get(key) != model.get(key)]
+    trained_model, configured_model = _architecture(hyper), _architecture(model)
+    differences += [f"model.{key} is {trained_model[key]!r} in the checkpoint, {configured_model[key]!r} in the config"
+                    for key in ARCHITECTURE if trained_model[key] != configured_model[key]]
     return differences
+
+
+def _architecture(hyper: dict[str, Any]) -> dict[str, Any]:
+    # Unset and default settings build the same model: `fusion: null` is `fusion: {name: concat}`.
+    return {"embedding_dim": hyper.get("embedding_dim"), "encoders": hyper.get("encoders") or {},
+            **{key: component_config(key, hyper.get(key)) for key in DEFAULT_COMPONENTS}}
 
 
 def _task_shapes(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

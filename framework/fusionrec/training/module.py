@@ -27,6 +27,13 @@ from fusionrec.plugins import Registry, check_options, get_registry
 from fusionrec.training.cost import model_costs, print_costs, table_memory_warning
 
 EVAL_STAGES = ("val", "test")
+# The component each of these model arguments names when a config leaves it unset.
+DEFAULT_COMPONENTS = {"fusion": "concat", "trunk": "shared_bottom", "balancer": "fixed"}
+
+
+def component_config(key: str, config: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.<key>`` as configured (or null) -> ``{name, **options}`` with the default name filled in."""
+    return {"name": DEFAULT_COMPONENTS[key], **(config or {})}
 
 
 class MultiTaskModule(LightningModule):
@@ -60,9 +67,8 @@ class MultiTaskModule(LightningModule):
         self.save_hyperparameters(logger=False)
         self.registry = get_registry()
         self.task_specs = parse_tasks(tasks, self.registry)
-        self.fusion_config = {"name": "concat", **(fusion or {})}
-        self.trunk_config = {"name": "shared_bottom", **(trunk or {})}
-        self.balancer_config = {"name": "fixed", **(balancer or {})}
+        self.fusion_config, self.trunk_config, self.balancer_config = (
+            component_config(key, value) for key, value in (("fusion", fusion), ("trunk", trunk), ("balancer", balancer)))
         balancer_options = dict(self.balancer_config)
         self.balancer = self.registry.build("balancers", balancer_options.pop("name"), "model.balancer",
                                             {name: spec.weight for name, spec in self.task_specs.items()},
