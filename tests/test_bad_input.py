@@ -315,3 +315,21 @@ def test_a_one_class_validation_split_prints_n_a_and_logs_no_zero(tmp_path, caps
     assert "n/a: not defined on these rows" in out
     logged = pd.read_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
     assert logged["val/click/auc"].isna().all() and logged["val/click/logloss"].notna().any()
+
+
+def test_a_metric_not_defined_on_the_test_split_is_null_in_the_bundle(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    rows(200).to_csv(train, index=False)
+    rows(40).assign(click=0).to_csv(test, index=False)
+    cfg = config(train)
+    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(train), "test": str(test)}
+    del cfg["data"]["path"], cfg["data"]["split"]
+    cfg["trainer"].update(logger=True, num_sanity_val_steps=0)
+    assert main(["fit", "--config", str(write_config(tmp_path, cfg)), "--trainer.default_root_dir", str(tmp_path),
+                 "--test_after_fit", "false"]) == 0
+    (checkpoint,) = tmp_path.glob("**/last.ckpt")
+    assert main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "bundle"), "--no-onnx"]) == 0
+    # Strict JSON (no NaN token), with null where the metric is not defined.
+    metrics = json.loads((tmp_path / "bundle" / "manifest.json").read_text(),
+                         parse_constant=lambda token: pytest.fail(f"manifest.json holds {token}"))["test_metrics"]
+    assert metrics["test/click/auc"] is None and metrics["test/click/logloss"] > 0

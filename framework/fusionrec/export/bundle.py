@@ -25,7 +25,7 @@ from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
 from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
-from fusionrec.serving.bundle import (ASSETS, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
+from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
                                       present_input, write_checksums)
 from fusionrec.serving.content import ContentPreparer
 from fusionrec.serving.features import FeatureEncoder
@@ -150,7 +150,7 @@ class BundleWriter:
             {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}))
         checkpoint_state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         manifest = {
-            "format": "fusionrec-bundle", "format_version": 1,
+            "format": "fusionrec-bundle", "format_version": FORMAT_VERSION,
             "fusionrec": fusionrec.__version__, "torch": str(torch.__version__),
             "inputs": _signature(example, self.preprocessing),
             "outputs": {task: {"kind": head.score_kind, "shape": ["batch", *expected[task].shape[1:]],
@@ -162,7 +162,8 @@ class BundleWriter:
             "test_metrics": metrics,
             "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
         }
-        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # allow_nan=False: a non-finite number would make the manifest invalid JSON for other services.
+        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
         write_checksums(self.staging)
 
 

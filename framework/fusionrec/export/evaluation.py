@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from lightning.pytorch import Trainer
@@ -12,7 +13,7 @@ from fusionrec.training.checkpoint import read_checkpoint
 from fusionrec.training.module import MultiTaskModule
 
 
-def test_split_metrics(checkpoint: str | Path, module: MultiTaskModule) -> dict[str, float]:
+def test_split_metrics(checkpoint: str | Path, module: MultiTaskModule) -> dict[str, float | None]:
     """Rebuild the checkpoint's data module (its saved settings, the checkpoint's fitted preprocessing) and
     evaluate ``module`` on the test split: ``{"test/click/auc": ..., "test/loss": ...}``."""
     state = read_checkpoint(checkpoint)
@@ -30,4 +31,5 @@ def test_split_metrics(checkpoint: str | Path, module: MultiTaskModule) -> dict[
         raise ConfigError(f"{checkpoint}: its data settings have no test split; export with --skip-test-metrics")
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
     module.eval()
-    return {name: float(value) for name, value in sorted(metrics.items())}
+    # null: not defined on this split (an AUC over one class is NaN), which JSON cannot carry.
+    return {name: float(value) if math.isfinite(value) else None for name, value in sorted(metrics.items())}

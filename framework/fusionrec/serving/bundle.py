@@ -27,11 +27,12 @@ from fusionrec.serving.content import ContentError, ContentPreparer
 from fusionrec.serving.features import (CONTENT_TYPES, MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string,
                                         float32_vector, present_input, shown)
 
-__all__ = ["ASSETS", "CHECKSUMS", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "BundleError",
+__all__ = ["ASSETS", "CHECKSUMS", "FORMAT_VERSION", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "BundleError",
            "file_sha256", "item_encoder_files", "present_input", "read_checksums", "write_checksums"]
 
 MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "model.onnx", "golden.json", "assets"
 CHECKSUMS = "SHA256SUMS"
+FORMAT_VERSION = 2  # 2: SHA256SUMS covers every file, manifest.json included; per-output golden tolerances
 _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (.+)")
 
 
@@ -151,6 +152,9 @@ class Bundle:
             raise BundleError(f"{path}: not a bundle manifest ({error})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != "fusionrec-bundle":
             raise BundleError(f"{path}: not a fusionrec bundle manifest (no \"format\": \"fusionrec-bundle\")")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{path}: format_version {manifest.get('format_version')!r}; this fusionrec reads "
+                              f"bundles of format_version {FORMAT_VERSION}: export the bundle again")
         return manifest
 
     def file(self, name: Any) -> Path:
