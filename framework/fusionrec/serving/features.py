@@ -78,8 +78,9 @@ def float32_vector(cell: Any, width: int, label: str, row: int) -> np.ndarray:
     if isinstance(cell, np.ndarray):
         numeric = cell.ndim == 1 and cell.dtype.kind in "iuf"
     elif isinstance(cell, (list, tuple)):  # the types present, not every element: vectors are long
-        numeric = all(issubclass(kind, numbers.Real) and not issubclass(kind, (bool, np.bool_))
-                      for kind in set(map(type, cell)))
+        kinds = set(map(type, cell))
+        numeric = kinds <= {float, int} or all(
+            issubclass(kind, numbers.Real) and not issubclass(kind, (bool, np.bool_)) for kind in kinds)
     else:
         numeric = False
     if not numeric or len(cell) != width:
@@ -106,6 +107,11 @@ def _token(value: Any) -> str | None:
 def _id_token(value: Any, label: str, row: int) -> str | None:
     """An id -> the string it is matched as (None: missing). Any finite number is an id, so 1e300 or a
     40-digit integer is simply one never seen in training; an infinite one is no id at all."""
+    # JSON's own types first, without the numbers ABCs' slow isinstance: this runs for every id of a request.
+    if type(value) is str:
+        return checked_string(value, label, row)
+    if type(value) is int and -_LARGEST_ID < value < _LARGEST_ID:
+        return str(value)
     if not isinstance(value, SCALARS):
         raise RequestError(f"{label}: row {row}: expected one id (a string or a number), got {shown(value)}")
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isinf(value):
@@ -184,12 +190,13 @@ class FeatureEncoder:
     def _numeric(entry: Mapping[str, Any], values: list[Any], label: str) -> np.ndarray:
         """NaN and ``null`` are missing values, as in training; an infinite number, or one that standardised
         leaves float32's range, is refused (the model would score it as inf or NaN)."""
-        parsed = np.full(len(values), np.nan)
+        parsed, na_values = np.full(len(values), np.nan), set(entry["na_values"])
         for row, value in enumerate(values):
-            if value is None or isinstance(value, str) and checked_string(value, label, row) in entry["na_values"]:
+            if value is None or isinstance(value, str) and checked_string(value, label, row) in na_values:
                 continue
             try:
-                if not isinstance(value, (str, numbers.Real)):
+                # JSON's float first, without the numbers ABCs' slow isinstance.
+                if not (type(value) is float or isinstance(value, (str, numbers.Real))):
                     raise TypeError
                 number = float(value)
             except (TypeError, ValueError):
@@ -198,7 +205,7 @@ class FeatureEncoder:
                 number = math.inf
             if math.isinf(number):
                 raise RequestError(f"{label}: row {row}: {shown(value)} is not a finite number")
-            if str(value) not in entry["na_values"]:
+            if not na_values or str(value) not in na_values:
                 parsed[row] = number
         missing = np.isnan(parsed)
         standardised = np.where(missing, 0.0, (parsed - entry["mean"]) / entry["std"])
