@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from conftest import QUICKSTART, SMALL_LOG, small_config, write_config
 
 from fusionrec.cli import main
@@ -22,6 +23,7 @@ from fusionrec.serving import features as serving_features
 from fusionrec.serving import load, load_onnx
 from fusionrec.serving.bundle import read_checksums
 from fusionrec.serving.command import open_bundle
+from fusionrec.serving.server import create_app
 from fusionrec.training.module import MultiTaskModule
 
 TRUNKS = {"shared_bottom": {"name": "shared_bottom"}, "mmoe": {"name": "mmoe", "num_experts": 3, "expert_hidden": [32]},
@@ -137,7 +139,8 @@ def test_export_refuses_an_existing_directory_and_leaves_nothing_on_failure(expo
 
 def test_the_shipped_quickstart_model_serves_with_both_runtimes(tmp_path):
     """configs/quickstart.yaml as shipped (its fields, media encoders, trunk and tasks) on a smaller log for
-    one epoch: its bundle opens as `fusionrec serve` opens it, golden check included, with either runtime.
+    one epoch: its bundle opens as `fusionrec serve` opens it, golden check included, and serves its
+    golden rows over HTTP with either runtime.
     Its regression output (values ~1-5) is the one an absolute 1e-5 failed under ONNX."""
     log = "{rows: 5000, users: 300, items: 200, seed: 0, media: true}"
     assert main(["fit", "--config", str(QUICKSTART), "--data.generate", log, "--trainer.max_epochs", "1",
@@ -148,5 +151,13 @@ def test_the_shipped_quickstart_model_serves_with_both_runtimes(tmp_path):
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert set(manifest["content"]["fields"]) == {"item_title", "item_image", "item_audio"}
     assert manifest["outputs"]["watch_time"]["golden_tolerance"]["rtol"] > 0
+    golden = json.loads((tmp_path / "bundle" / "golden.json").read_text())
     for runtime in ("pt2", "onnx"):
-        assert open_bundle(tmp_path / "bundle", runtime).tasks == ["click", "like", "watch_time"]
+        bundle = open_bundle(tmp_path / "bundle", runtime)
+        # Served over HTTP: the golden rows (image and audio files named relative to the bundle) score as at export.
+        with TestClient(create_app(bundle, content_root=tmp_path / "bundle")) as client:
+            answer = client.post("/score", json={"rows": golden["inputs"]})
+        assert answer.status_code == 200, answer.text
+        for task, expected in golden["outputs"].items():
+            tolerance = manifest["outputs"][task]["golden_tolerance"]
+            np.testing.assert_allclose(answer.json()["scores"][task], expected, **tolerance)
