@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -297,22 +298,29 @@ def test_an_auc_over_one_class_is_not_defined():
     assert auc.compute() == pytest.approx(2 / 3)  # 0.8 outranks two of the three negatives
 
 
-def test_a_one_class_validation_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
-    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+def test_a_one_class_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
+    train, one_class = tmp_path / "train.csv", tmp_path / "one_class.csv"
     rows(200).to_csv(train, index=False)
-    rows(40).assign(click=0).to_csv(val, index=False)
+    rows(40).assign(click=0).to_csv(one_class, index=False)
     cfg = config(train)
-    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(val)}
+    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(one_class), "test": str(one_class)}
     del cfg["data"]["path"], cfg["data"]["split"]
     cfg["trainer"].update(logger=True, num_sanity_val_steps=0)
     code = main(["fit", "--config", str(write_config(tmp_path, cfg)), "--trainer.default_root_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
+    # The per-epoch line: each task's main metric, the click AUC not defined.
+    header = next(line for line in lines if line.split()[:1] == ["epoch"])
+    names = [name.strip() for name in re.split(r"\s{2,}", header.strip())]
+    epoch = next(line for line in lines if line.split()[:1] == ["0"]).split()
+    assert names[:2] == ["epoch", "val/loss"] and epoch[names.index("click auc")] == "n/a"
+    assert epoch[names.index("minutes rmse")] != "n/a"
+    # The tested checkpoint's full table: every metric, n/a where not defined.
     header = [cell.strip() for cell in next(line for line in lines if "┃ task" in line).split("┃")]
     click = [cell.strip() for cell in next(line for line in lines if "│ click" in line).split("│")]
     assert click[header.index("auc")] == "n/a" and click[header.index("logloss")] != "n/a"
-    assert "n/a: not defined on these rows" in out
+    assert out.count("n/a: not defined on these rows") == 2  # under the epoch lines and under the table
     logged = pd.read_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
     assert logged["val/click/auc"].isna().all() and logged["val/click/logloss"].notna().any()
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -22,8 +29,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     config = small_config(trainer={"max_epochs": 2, "logger": True, "enable_checkpointing": True})
     path = write_config(root, config)
-    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(root / "runs")]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(root / "runs")]) == 0
     run = root / "runs" / "lightning_logs" / "version_0"
+    (run / "fit_output.txt").write_text(printed.getvalue())
     (checkpoint,) = (run / "checkpoints").glob("epoch=*.ckpt")
     return path, checkpoint, run
 
@@ -151,20 +161,110 @@ def test_package_path_interpolation_points_into_an_installed_package(tmp_path, c
     assert "no_such_package_xyz" in capsys.readouterr().err
 
 
-def test_metrics_table_shows_per_scenario_rows_by_name():
-    import io
-    from types import SimpleNamespace
+def test_fit_prints_a_line_per_epoch_and_the_full_table_once_for_the_tested_checkpoint(trained):
+    _, checkpoint, run = trained
+    out = (run / "fit_output.txt").read_text()
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    names = re.split(r"\s{2,}", lines[header].strip())
+    assert names == ["epoch", "val/loss", "click auc", "like auc", "watch_time rmse"]  # each head's primary metric
+    epochs = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[0] for row in epochs] == ["0", "1"]
+    # '*' on each epoch whose val/loss beats every earlier one; the last of them is the checkpoint tested.
+    losses = [float(row[1]) for row in epochs]
+    improved = [loss < min(losses[:i], default=np.inf) for i, loss in enumerate(losses)]
+    assert [row[-1] == "*" for row in epochs] == improved
+    best = max(i for i, row in enumerate(epochs) if row[-1] == "*")
+    assert checkpoint.name.startswith(f"epoch={best}-")
+    # Scenario rows and every metric only in the test table, printed once, naming the checkpoint.
+    assert out.count("test metrics") == 1 and f"test metrics, {checkpoint.name}" in out
+    table = out[out.index("test metrics"):]
+    assert "click [home]" in table and "logloss" in table and "click [" not in out[:out.index("test metrics")]
 
-    from rich.console import Console
 
+def test_metrics_table_shows_per_scenario_rows_by_name_and_rows_without_content_apart(capsys):
     from fusionrec.training.callbacks import MetricsTable
 
-    output = io.StringIO()
-    table = MetricsTable(Console(file=output, width=120))
-    trainer = SimpleNamespace(callback_metrics={"test/click/auc": 0.7, "test/click/auc/home": 0.75}, is_global_zero=True)
-    table.on_test_end(trainer, None)
-    printed = output.getvalue()
+    table = MetricsTable()
+    trainer = SimpleNamespace(callback_metrics={"test/click/auc": 0.7, "test/click/auc/home": 0.75,
+                                                "test/item_title/missing_rows": 31.0},
+                              is_global_zero=True, ckpt_path=None)
+    table.on_test_end(trainer, SimpleNamespace(model=SimpleNamespace(heads={"click": None})))
+    printed = capsys.readouterr().out
     assert "click [home]" in printed and "0.7500" in printed
+    assert "missing_rows" not in printed and "item_title 31" in printed.split("└")[-1]  # under the table
+
+
+def test_the_epoch_line_marks_each_best_by_the_monitored_value_in_its_direction(capsys):
+    from fusionrec.training.callbacks import MetricsTable
+
+    heads = {"click": SimpleNamespace(primary_metric="auc"), "minutes": SimpleNamespace(primary_metric="rmse")}
+    module = SimpleNamespace(model=SimpleNamespace(heads=heads))
+    for monitor, mode, values, marked in (("val/loss", "min", [0.5, 0.4, 0.45, 0.3], [True, True, False, True]),
+                                          ("val/click/auc", "max", [0.6, 0.7, 0.65, 0.7], [True, True, False, False])):
+        callback = MetricsTable()
+        checkpoint = SimpleNamespace(monitor=monitor, mode=mode, best_model_score=None)
+        trainer = SimpleNamespace(checkpoint_callback=checkpoint, sanity_checking=False, is_global_zero=True,
+                                  state=SimpleNamespace(fn="fit"))
+        callback.on_train_start(trainer, module)
+        for epoch, value in enumerate(values):
+            trainer.current_epoch = epoch
+            trainer.callback_metrics = {"val/loss": 1.0, "val/click/auc": 0.5, "val/minutes/rmse": 2.0, monitor: value}
+            callback.on_validation_end(trainer, module)
+        rows = capsys.readouterr().out.splitlines()[2:]
+        assert [row.endswith("*") for row in rows] == marked, (monitor, rows)
+        assert rows[0].split()[:2] == ["0", f"{values[0]:.4f}"] and "2.0000" in rows[0]
+
+
+def test_every_built_in_head_names_one_of_its_metrics_as_primary():
+    import inspect
+
+    from fusionrec.plugins import get_registry
+
+    labels = pd.Series([0, 1, 1, 0])
+    for name, component in get_registry().components["heads"].items():
+        head = component.factory
+        options = {"parent": "click"} if "parent" in inspect.signature(head).parameters else {}
+        built = head(8, head.fit_labels(labels, name, {}), **options)
+        assert head.primary_metric in built.metrics(), name
+
+
+# Lightning notices this framework causes on purpose: frozen encoders kept out of training, the batch's own
+# transfer to the device, and Lightning's own use of torch's deprecated LeafSpec.
+EXPECTED_NOTICES = ("in eval mode at the start of training", "overridden `transfer_batch_to_device`", "LeafSpec")
+
+
+def test_a_fit_with_frozen_media_encoders_raises_none_of_lightnings_expected_notices(tmp_path, monkeypatch):
+    from lightning.pytorch.trainer.connectors import data_connector
+    from lightning_utilities.core.rank_zero import WarningCache
+
+    from fusionrec.data.synthetic_media import write_item_media
+
+    # A fresh once-per-process cache: an earlier fit in this process would hide its notice.
+    monkeypatch.setattr(data_connector, "warning_cache", WarningCache())
+    rng = np.random.default_rng(0)
+    items = write_item_media(rng.normal(0, 1, (30, 4)), tmp_path / "media", seed=0)
+    log = pd.DataFrame({"user_id": rng.integers(0, 20, 300), "item_id": rng.integers(0, 30, 300),
+                        "click": rng.integers(0, 2, 300)}).merge(items, on="item_id", how="left")
+    log.to_parquet(tmp_path / "log.parquet")
+    root = str(tmp_path / "media")
+    config = {
+        "trainer": {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"path": str(tmp_path / "log.parquet"), "split": {"method": "random"}, "batch_size": 64,
+                 "features": {"user_id": {"type": "categorical"}, "item_image": {"type": "image", "root": root},
+                              "item_audio": {"type": "audio", "root": root}}},
+        "model": {"tasks": {"click": {"head": "binary"}}, "embedding_dim": 8,
+                  "trunk": {"name": "shared_bottom", "hidden": [8]},
+                  "encoders": {"item_image": {"backbone": "resnet18", "weights": None, "image_size": 32,
+                                              "mode": "frozen"},
+                               "item_audio": {"sample_rate": 8000, "duration": 1.0, "n_mels": 16, "channels": 8,
+                                              "mode": "finetune", "finetune_top": 1}}},
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", "--config", str(write_config(tmp_path, config)),
+                     "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    assert [str(w.message) for w in caught if any(notice in str(w.message) for notice in EXPECTED_NOTICES)] == []
 
 
 def test_a_checkpoint_naming_an_uninstalled_component_asks_for_its_distribution(trained, tmp_path):
@@ -179,6 +279,13 @@ def test_a_checkpoint_naming_an_uninstalled_component_asks_for_its_distribution(
     from fusionrec.errors import ConfigError
     from fusionrec.training.module import MultiTaskModule
     with pytest.raises(ConfigError, match=r"trunk is the trunk 'hstu' from fusionrec-hstu 0\.3\.1.*install fusionrec-hstu"):
+        MultiTaskModule.load_from_checkpoint(edited, map_location="cpu")
+    # A part of a composite trunk (scenario_towers' base) is checked the same way.
+    state = torch.load(checkpoint, weights_only=True)
+    state["fusionrec"]["components"]["trunk_parts"] = {"base": {"name": "hstu", "plugin": "hstu_trunks.plugin",
+                                                                "distribution": "fusionrec-hstu", "version": "0.3.1"}}
+    torch.save(state, edited)
+    with pytest.raises(ConfigError, match=r"trunk_parts\.base is the trunk 'hstu' from fusionrec-hstu 0\.3\.1"):
         MultiTaskModule.load_from_checkpoint(edited, map_location="cpu")
     # The untouched checkpoint still loads through the same check.
     assert MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").model is not None

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import types
+
 import pandas as pd
 import pytest
 import torch
 
-from fusionrec.components import FieldInfo
+from fusionrec import hookimpl
+from fusionrec.components import FieldInfo, Trunk
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext
-from fusionrec.plugins import get_registry
+from fusionrec.data.schema import parse_tasks
+from fusionrec.errors import ConfigError
+from fusionrec.models.multitask import build_trunk, check_trunk
+from fusionrec.plugins import Registry, create_plugin_manager, get_registry
+from fusionrec_heads.binary import BinaryHead
 
 B = 5
 ENCODER_INPUTS = {
@@ -74,10 +81,10 @@ def test_every_trunk_gives_each_task_its_representation(name):
     factory = get_registry().get("trunks", name, "test").factory
     x = torch.randn(B, 12, requires_grad=True)
     if issubclass(factory, ScenarioTrunk):  # built with the scenario column, called with each row's scenario
-        trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"], Scenarios("s", 4, {"s": 3}))
+        trunk = build_trunk(get_registry(), {"name": name}, "test", 12, ["click", "like"], Scenarios("s", 4, {"s": 3}))
         out = trunk(x, TrunkContext(torch.randint(2, 4, (B,)), {"s": torch.randn(B, 3)}))
     else:
-        trunk = get_registry().build("trunks", name, "test", 12, ["click", "like"])
+        trunk = build_trunk(get_registry(), {"name": name}, "test", 12, ["click", "like"], None)
         out = trunk(x)
     assert set(out) == {"click", "like"}
     for task, h in out.items():
@@ -150,3 +157,69 @@ def test_multilabel_auc_averages_only_labels_present_in_the_data():
     perfect_logits = (target.float() * 2 - 1) * 5
     head.update_metrics(metrics, perfect_logits, target)
     assert metrics["auc"].compute().item() == pytest.approx(1.0)
+
+
+# --- contracts declared on the base classes ---
+
+def _registry_with(**hooks) -> Registry:
+    """The built-in components plus a plugin registered in code with ``hooks``."""
+    manager, distributions = create_plugin_manager()
+    manager.register(types.SimpleNamespace(**{name: hookimpl(hook) for name, hook in hooks.items()}), name="test")
+    return Registry(manager, distributions)
+
+
+class _Ensemble(Trunk):
+    """A composite trunk: two trunks the framework builds from its options, side by side."""
+
+    parts = {"first": {"name": "shared_bottom"}, "second": {"name": "mmoe", "num_experts": 2}}
+
+    def __init__(self, input_dim: int, tasks: list[str], first: Trunk, second: Trunk, scale: float = 1.0):
+        super().__init__(input_dim, tasks)
+        self.first, self.second, self.scale = first, second, scale
+        self.output_dims = {task: first.output_dims[task] + second.output_dims[task] for task in self.tasks}
+
+    def forward(self, x):
+        first, second = self.first(x), self.second(x)
+        return {task: self.scale * torch.cat([first[task], second[task]], -1) for task in self.tasks}
+
+
+def test_a_composite_trunk_gets_its_declared_parts_built_with_its_own_inputs():
+    registry = _registry_with(fusionrec_register_trunks=lambda: {"ensemble": _Ensemble})
+    config = {"name": "ensemble", "second": {"name": "mmoe", "num_experts": 3, "expert_hidden": [8]}, "scale": 2.0}
+    trunk = build_trunk(registry, config, "model.trunk", 12, ["click"], None)
+    assert type(trunk.first).__name__ == "SharedBottom"  # the declared default of an unset part
+    assert len(trunk.second.experts.experts) == 3 and trunk.second.output_dims == {"click": 8}
+    assert trunk.scale == 2.0
+    assert trunk(torch.randn(B, 12))["click"].shape == (B, trunk.first.output_dims["click"] + 8)
+    # A part's options are checked under its own key before anything is built.
+    with pytest.raises(ConfigError, match=r"model\.trunk\.second: unknown option\(s\) 'experts'"):
+        check_trunk(registry, {"name": "ensemble", "second": {"name": "mmoe", "experts": 2}}, "model.trunk")
+    with pytest.raises(ConfigError, match=r"model\.trunk\.first: unknown trunk 'moe'"):
+        check_trunk(registry, {"name": "ensemble", "first": {"name": "moe"}}, "model.trunk")
+
+
+def test_the_balancers_shared_parameters_are_what_the_trunk_declares():
+    trunk = build_trunk(get_registry(), {"name": "mmoe", "num_experts": 2}, "model.trunk", 12, ["a", "b"], None)
+    trunk.gates["a"].logits.weight.requires_grad_(False)
+    shared = trunk.shared_parameters()
+    assert {id(p) for p in shared} == {id(p) for p in trunk.parameters() if p.requires_grad}
+    assert all(p is not trunk.gates["a"].logits.weight for p in shared)
+
+
+class _ProbitHead(BinaryHead):
+    """A third-party head whose output is one event logit per row, so it declares it can be a parent."""
+
+
+def test_a_conditional_tasks_parent_is_any_head_that_declares_it_can_be_one():
+    registry = _registry_with(fusionrec_register_heads=lambda: {"probit": _ProbitHead})
+    assert {name for name, c in registry.components["heads"].items() if c.factory.can_be_parent} == {"binary", "probit"}
+    assert {name for name, c in registry.components["heads"].items() if c.factory.needs_groups} == {"bpr", "listwise"}
+    tasks = parse_tasks({"buy": {"head": "esmm", "parent": "click"}, "click": {"head": "probit"}}, registry)
+    assert tasks["buy"].parent == "click"
+    _ProbitHead.can_be_parent = False
+    try:
+        with pytest.raises(ConfigError, match="task 'click' has a 'probit' head; a conditional task's parent "
+                                              "needs a 'binary' head"):
+            parse_tasks({"buy": {"head": "esmm", "parent": "click"}, "click": {"head": "probit"}}, registry)
+    finally:
+        del _ProbitHead.can_be_parent

@@ -70,7 +70,7 @@ def fit(tmp_path, media_log, monkeypatch, **text_options):
 
 
 def test_fit_with_text_image_and_audio(tmp_path, media_log, monkeypatch):
-    import fusionrec.training.module as module
+    import fusionrec.training.content as module
 
     cache_sizes = []
     real_features = module.FeatureCache.features
@@ -104,7 +104,7 @@ def test_fit_with_text_image_and_audio(tmp_path, media_log, monkeypatch):
 
 
 def test_frozen_features_come_from_the_cache_until_a_setting_changes(tmp_path, media_log, monkeypatch):
-    import fusionrec.training.module as module
+    import fusionrec.training.content as module
 
     computed = []
     real_init = module.FeatureCache.__init__

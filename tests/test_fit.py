@@ -8,6 +8,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from conftest import small_config
 from fusionrec.data.datamodule import MultiTaskDataModule
+from fusionrec.errors import ConfigError
 from fusionrec.training.module import MultiTaskModule
 
 
@@ -61,4 +62,20 @@ def test_alpha_weights_the_total_loss():
     outputs = model(batch.features)
     losses = model._losses(outputs, batch)
     expected = 2.0 * losses["click"] + 0.25 * losses["watch_time"]
-    torch.testing.assert_close(model.balancer(losses, model.shared_parameters()), expected)
+    torch.testing.assert_close(model.balancer(losses, model.model.trunk.shared_parameters()), expected)
+
+
+def test_the_data_module_hands_its_fitted_preprocessing_to_the_model_in_its_setup():
+    config = small_config(trainer={"max_epochs": 1})
+    datamodule = MultiTaskDataModule(**config["data"], tasks=config["model"]["tasks"])
+    model = MultiTaskModule(**config["model"])
+    trainer = Trainer(**config["trainer"])
+    trainer.strategy.connect(model)
+    datamodule.trainer = trainer
+    datamodule.setup("validate")
+    # One fitted state, the data module's: the model is built from it and keeps it for checkpoints.
+    assert model.model is not None and model.hparams.preprocessing is datamodule.preprocessor.state
+    # Without a data module to hand it over, the model has nothing to build from.
+    bare = MultiTaskModule(**config["model"])
+    with pytest.raises(ConfigError, match="no fitted preprocessing"):
+        Trainer(**config["trainer"]).validate(bare, datamodule.val_dataloader(), verbose=False)

@@ -125,13 +125,17 @@ def test_every_encoder_maps_prepared_contents_to_u_by_dim(name, build, files):
 def test_mode_decides_which_parameters_get_gradients(name, mode, build, files):
     options = {"mode": "finetune", "finetune_top": 1} if mode == "finetune_top" else {"mode": mode}
     encoder = build(name, **options).train()
-    encoder(encoder.prepare(contents_for(name, files))).square().sum().backward()
+    prepared = encoder.prepare(contents_for(name, files))
+    encoder(prepared).square().sum().backward()
     assert all(p.grad is not None for p in encoder.projection.parameters())
     backbone = dict(encoder.backbone.named_parameters())
     with_grad = {n for n, p in backbone.items() if p.grad is not None}
     if mode == "frozen":
         assert with_grad == set() and not any(p.requires_grad for p in backbone.values())
-        assert not encoder.backbone.training and encoder.projection.training and not encoder.trainable_backbone
+        assert not encoder.trainable_backbone
+        # Frozen layers run as in eval() while the model trains: no dropout, no BatchNorm statistics moved.
+        with torch.no_grad():
+            assert torch.equal(encoder.encode(prepared), encoder.eval().encode(prepared))
     elif mode == "finetune":
         assert all(p.requires_grad for p in backbone.values()) and encoder.backbone.training
         assert len(with_grad) > 0.9 * len(backbone)  # all but unused ones (BERT's pooler)

@@ -17,6 +17,7 @@ from fusionrec.components.trunk import Scenarios, TrunkContext
 from fusionrec.data.synthetic import SCENARIOS, cache_path, generate_impressions, quickstart_log
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.models.multitask import MultiTaskModel
+from fusionrec.models.multitask import build_trunk as build_model_trunk
 from fusionrec.plugins import get_registry
 from fusionrec_trunks.pepnet import GateUnit
 from fusionrec_trunks.star import PartitionedNorm, StarLayer
@@ -37,7 +38,7 @@ def context(scenario: torch.Tensor) -> TrunkContext:
 
 def build_trunk(name: str, **options):
     torch.manual_seed(0)
-    return get_registry().build("trunks", name, "model.trunk", D, ["click", "like"], SCENARIO_INFO, **options)
+    return build_model_trunk(get_registry(), {"name": name, **options}, "model.trunk", D, ["click", "like"], SCENARIO_INFO)
 
 
 def mixed_scenarios(rows: int = B) -> torch.Tensor:
@@ -314,7 +315,27 @@ def test_scenario_trunks_export_and_the_bundle_scores_like_the_module(tmp_path, 
     config["data"]["generate"] = {"rows": 4000, "users": 200, "items": 150, "seed": 0}
     assert main(["fit", "--config", str(write_config(tmp_path, config)), "--test_after_fit", "false"]) == 0
     (checkpoint,) = tmp_path.glob("**/epoch=*.ckpt")
+    # The manifest names the plugin of every trunk the model is built on, a composite's parts included.
+    parts = torch.load(checkpoint, weights_only=True)["fusionrec"]["components"]["trunk_parts"]
+    assert {part: entry["name"] for part, entry in parts.items()} == ({"base": "mmoe"} if "base" in trunk else {})
     assert main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "bundle")]) == 0
     # golden rows, an unseen scenario among them, within tolerance; by the torch.export program and the ONNX graph
     load(tmp_path / "bundle").check()
     load_onnx(tmp_path / "bundle").check()
+
+
+def test_evaluation_metrics_score_each_scenario_the_split_shows_on_its_own_rows():
+    from fusionrec.training.metrics import EvaluationMetrics
+
+    head = get_registry().build("heads", "binary", "test", 4, {"threshold": None})
+    metrics = EvaluationMetrics({"click": head}, [("home", 2), ("detail", 3), ("search", 4)])
+    output = torch.tensor([2.0, -1.0, 0.5, -0.5, 1.0, -2.0])
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    metrics.update("val", "click", head, output, target, None, torch.tensor([2, 2, 3, 3, 2, 3]))
+    values = metrics.compute("val", lambda seen: seen)
+    names = {"auc", "logloss", "accuracy"}
+    # search has no rows, so no metric names it; the test stage was never updated.
+    assert set(values) == {f"val/click/{name}{suffix}" for name in names for suffix in ("", "/home", "/detail")}
+    assert values["val/click/auc/home"] == 1.0  # home: [2, -1, 1] against [1, 0, 1]
+    assert values["val/click/auc/detail"] == 0.5  # detail: the positive -0.5 above -2 but below 0.5
+    assert values["val/click/accuracy"] == pytest.approx(4 / 6)

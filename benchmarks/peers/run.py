@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="interpreter for the child processes")
     parser.add_argument("--fusionrec-overrides", default=None, metavar="YAML",
                         help="merged into fusionrec's config, e.g. '{model: {embedding_dim: 8}}': for trying a "
-                             "default before changing it; the README's table uses none")
+                             "default before changing it; the tables in benchmarks/peers/README.md use none")
     args = parser.parse_args(argv)
     if args.fusionrec_overrides is not None:
         import yaml

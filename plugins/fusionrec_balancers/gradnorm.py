@@ -16,7 +16,7 @@ class GradientNormalization(LossBalancer):
         ``r_i = (L_i / L_i(0)) / mean_j(L_j / L_j(0))``,
 
     with the target ``mean(G) * r ** alpha`` held constant, and ``w`` is renormalised to sum to T
-    before every step. ``g_i`` is task i's gradient on all of the trunk's parameters (``shared``),
+    before every step. ``g_i`` is task i's gradient on the trunk's shared parameters (``shared``),
     one extra backward pass per task; ``L_i(0)`` are the first training step's losses (checkpointed).
     The config's weights are the starting ``w`` (rescaled to sum to T). ``alpha`` is the asymmetry:
     larger pulls harder towards tasks that lag. ``learning_rate``: ``w``'s own Adam learning rate.

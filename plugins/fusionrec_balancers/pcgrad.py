@@ -10,7 +10,7 @@ from fusionrec.components import LossBalancer
 
 
 class ProjectingConflictingGradients(LossBalancer):
-    """Gradient surgery on the trunk's parameters (``shared``); every other parameter (embeddings,
+    """Gradient surgery on the trunk's shared parameters (``shared``); every other parameter (embeddings,
     fusion, heads) gets the plain gradient of ``sum_i alpha_i * L_i``.
 
     With ``g_i`` the gradient of ``alpha_i * L_i`` on ``shared``: for each task i, for each other

@@ -25,6 +25,8 @@ class BinaryHead(TaskHead):
     """
 
     score_kind = "probability"
+    primary_metric = "auc"
+    can_be_parent = True
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0, threshold: float | None = None):

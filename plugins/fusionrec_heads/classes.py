@@ -35,6 +35,7 @@ class MulticlassHead(TaskHead):
     The classes are the label values seen in the training split."""
 
     score_kind = "distribution"
+    primary_metric = "accuracy"
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0):
@@ -75,6 +76,7 @@ class MultilabelHead(TaskHead):
     Labels are ``separator``-joined strings (``"Action|Comedy"``) or list cells."""
 
     score_kind = "probability"
+    primary_metric = "auc"
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0, separator: str = "|"):

@@ -29,6 +29,9 @@ class ConditionalBinaryHead(BinaryHead):
     preprocessor rejects an own label of 1 on a row whose parent label is 0.
     """
 
+    primary_metric = "ctcvr_auc"
+    can_be_parent = False  # its output is [B, 2], not the one event logit a conditional task reads
+
     def __init__(self, input_dim: int, label_state: dict, parent: str, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0, threshold: float | None = None):
         super().__init__(input_dim, label_state, tower, dropout, threshold)

@@ -47,6 +47,7 @@ class RankingHead(TaskHead):
     (e.g. 0 skip, 1 click, 2 purchase). ``top_k``: the cut-offs of NDCG@K and Recall@K."""
 
     score_kind = "score"
+    primary_metric = "gauc"
     needs_groups = True  # the data module asks for data.group or data.negatives
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),

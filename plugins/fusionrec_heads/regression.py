@@ -18,6 +18,7 @@ class RegressionHead(TaskHead):
     starts near 1 whatever its scale (comparable alphas); serves the value on the label's scale."""
 
     score_kind = "value"
+    primary_metric = "rmse"
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0):

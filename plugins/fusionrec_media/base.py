@@ -9,7 +9,8 @@ them under ``cache_identity()`` plus the content.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,21 +58,27 @@ class MediaEncoder(FieldEncoder):
         self.backbone_width = width
         self._trainable = apply_mode(backbone, self.mode, blocks, self.finetune_top, self.key)
         self.projection = nn.Linear(width, self.output_dim)
-        self.train(self.training)
+        self.train(self.training)  # a loaded backbone may come in eval() (transformers' from_pretrained)
 
     @property
     def trainable_backbone(self) -> bool:
         return self.mode != "frozen"
 
-    def train(self, mode: bool = True) -> MediaEncoder:
-        """Frozen parts stay in eval(): training must not move BatchNorm statistics or drop out
-        features of layers that never learn."""
-        super().train(mode)
-        if mode and hasattr(self, "backbone") and self._trainable != [self.backbone]:
-            self.backbone.eval()
-            for module in self._trainable:
-                module.train()
-        return self
+    @contextmanager
+    def frozen_parts_in_eval(self) -> Iterator[None]:
+        """Frozen parts run in eval(): training must not move their BatchNorm statistics or drop out
+        features of layers that never learn. Only while they run: otherwise every module's mode is
+        the model's, as Lightning expects at the start of training (it warns about modules in eval)."""
+        if not self.training or self._trainable == [self.backbone]:
+            yield
+            return
+        self.backbone.eval()
+        for module in self._trainable:
+            module.train()
+        try:
+            yield
+        finally:
+            self.backbone.train()
 
     def prepare(self, contents: list) -> dict[str, Any]:
         raise NotImplementedError
@@ -90,7 +97,8 @@ class MediaEncoder(FieldEncoder):
     def encode(self, inputs: dict[str, Tensor]) -> Tensor:
         """``[U, width]`` float32 features; zeros for items that are not present, so a placeholder
         never reaches the model as if it were content."""
-        features = self.extract(inputs).float()
+        with self.frozen_parts_in_eval():
+            features = self.extract(inputs).float()
         return features * inputs["present"].to(features.device, features.dtype).unsqueeze(1)
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import Dropout, PositiveInt
+from fusionrec.components import Dropout, PositiveInt, Trunk
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, run_trunk
-from fusionrec.errors import ConfigError
-from fusionrec.plugins import get_registry
 from fusionrec_trunks.per_scenario import ScenarioLinear
 
 
@@ -39,19 +35,12 @@ class ScenarioTowers(ScenarioTrunk):
     ``min_count``. The base's logit offsets (STAR's auxiliary network) pass through.
     """
 
-    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios,
-                 base: dict[str, Any] | None = None, hidden: list[PositiveInt] = (64,),
-                 dropout: Dropout = 0.0):
+    parts = {"base": {"name": "shared_bottom"}}
+
+    def __init__(self, input_dim: int, tasks: list[str], scenarios: Scenarios, base: Trunk,
+                 hidden: list[PositiveInt] = (64,), dropout: Dropout = 0.0):
         super().__init__(input_dim, tasks, scenarios)
-        options = dict(base or {"name": "shared_bottom"})
-        if "name" not in options:
-            raise ConfigError("model.trunk.base: give the base trunk's name, e.g. {name: mmoe, num_experts: 4}")
-        name = options.pop("name")
-        registry = get_registry()
-        inputs = [input_dim, self.tasks]
-        if issubclass(registry.get("trunks", name, "model.trunk.base").factory, ScenarioTrunk):
-            inputs.append(scenarios)
-        self.base = registry.build("trunks", name, "model.trunk.base", *inputs, **options)
+        self.base = base
         self.towers = nn.ModuleDict({task: ScenarioFeedForward(self.base.output_dims[task], list(hidden),
                                                                scenarios.count, dropout) for task in self.tasks})
         self.output_dims = {task: tower.output_dim for task, tower in self.towers.items()}

@@ -10,9 +10,10 @@ class LossBalancer(nn.Module):
     """Base of every balancer plugin: ``(weights: {task: alpha_i}, **options)``.
 
     ``weights`` are the per-task ``weight`` values of the config. ``forward(losses, shared)`` gets
-    ``{task: L_i}`` and the trunk's trainable parameters (for methods that compare the tasks'
-    gradients there) and returns the loss to back-propagate; ``task_weights()`` reports the
-    weights in force, for logging; ``on_train_epoch_end()`` is called after every training epoch.
+    ``{task: L_i}`` and the parameters the trunk shares (``Trunk.shared_parameters()``, for methods
+    that compare the tasks' gradients there) and returns the loss to back-propagate;
+    ``task_weights()`` reports the weights in force, for logging; ``on_train_epoch_end()`` is called
+    after every training epoch.
 
     Learned task weights are ``nn.Parameter`` s of the balancer, trained by the model's optimiser in
     a group of their own: learning rate ``self.learning_rate`` (``None``: the model's) and no weight

@@ -30,10 +30,20 @@ class TaskHead(nn.Module):
     A conditional head (``parent`` set to another task's name) is called as
     ``forward(h, parent_output)`` after its parent, and its target is
     ``stack([parent_target, own_target], -1)``.
+
+    What a head needs from the data and gives to other tasks is declared in class attributes:
+    ``needs_groups`` (the head compares the rows of a group, so the config must give
+    ``data.group`` or ``data.negatives``) and ``can_be_parent`` (its output is one logit per row,
+    ``[B]``, whose sigmoid is the probability of an event, so a conditional task may follow it).
+    ``primary_metric`` names the one metric of ``metrics()`` that sums the task up in fit's
+    per-epoch summary (``"loss"``, the task's validation loss, when a head names none).
     """
 
     score_kind = "value"
+    primary_metric = "loss"
     parent: str | None = None
+    needs_groups = False
+    can_be_parent = False
 
     def __init__(self, input_dim: int, label_state: dict, tower: list[PositiveInt] = (64,),
                  dropout: Dropout = 0.0):

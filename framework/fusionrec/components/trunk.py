@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -39,9 +40,17 @@ class Trunk(nn.Module):
 
     Sets ``output_dims = {task: D_t}``; ``forward(x: [B, D]) -> {task: [B, D_t]}``. Trunks that
     read each row's scenario derive from :class:`ScenarioTrunk`.
+
+    A composite trunk, built on other trunks, declares them in ``parts``: ``{option: the config
+    used when the option is unset}``, e.g. ``{"base": {"name": "shared_bottom"}}``. The framework
+    builds each part from the option's ``{name, **options}`` by registry name, with this trunk's
+    own ``input_dim``, ``tasks`` (and scenarios), and passes the built parts as positional
+    arguments after those, in ``parts`` order: ``(input_dim, tasks, [scenarios,] *parts,
+    **options)``. The checkpoint's manifest records the parts' plugins too.
     """
 
     output_dims: dict[str, int]
+    parts: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, input_dim: int, tasks: list[str]):
         super().__init__()
@@ -56,6 +65,13 @@ class Trunk(nn.Module):
         standardised value; every class of a multi-output head alike), e.g. STAR's auxiliary
         network. None by default."""
         return {}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters the tasks share, where gradient-based balancers (GradNorm, PCGrad)
+        compare the tasks' gradients: every trainable parameter of the trunk by default. The
+        embedding tables upstream are never among them (their dense per-task gradients would be
+        huge)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
 
 class ScenarioTrunk(Trunk):

@@ -22,6 +22,7 @@ from fusionrec.data.synthetic import quickstart_log
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.plugins import check_options, get_registry
 from fusionrec.training.checkpoint import read_checkpoint
+from fusionrec.training.module import MultiTaskModule
 
 SPLITS = ("train", "val", "test")
 
@@ -77,8 +78,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.negative_spec = parse_negatives(negatives, self.task_specs, self.feature_specs) if negatives else None
         for name, spec in self.task_specs.items():
             # Ranking heads compare the rows of a group; without groups there is nothing to compare.
-            ranking = getattr(self.registry.get("heads", spec.head, f"model.tasks.{name}.head").factory,
-                              "needs_groups", False)
+            ranking = self.registry.get("heads", spec.head, f"model.tasks.{name}.head").factory.needs_groups
             if ranking and not group and not negatives:
                 raise ConfigError(f"model.tasks.{name}: the {spec.head!r} head ranks the rows of a group; set "
                                   f"data.group (a request/session column) or data.negatives (sampled negatives)")
@@ -199,6 +199,15 @@ class MultiTaskDataModule(LightningDataModule):
     # --- Lightning hooks ---
 
     def setup(self, stage: str) -> None:
+        self._load()
+        # The model is built from the fitted preprocessing, and its content encoders decide what the
+        # media columns carry; Lightning sets up the data module before the model.
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if isinstance(model, MultiTaskModule):
+            model.use_preprocessing(self.preprocessor.state)
+            model.attach_content_encoders(self.tables)
+
+    def _load(self) -> None:
         if self.tables:
             return
         # Streamed splits are never loaded: their shards are listed, and read batch by batch.
@@ -207,7 +216,7 @@ class MultiTaskDataModule(LightningDataModule):
         if self.preprocessor is None:
             # A model restored from a checkpoint brings the vocabularies it was trained with.
             model = self.trainer.lightning_module if self.trainer is not None else None
-            fitted = getattr(model, "hparams", {}).get("preprocessing") if model is not None else None
+            fitted = model.hparams.preprocessing if isinstance(model, MultiTaskModule) else None
             self.preprocessor = Preprocessor(fitted) if fitted else self._fit_preprocessing()
         if self.streaming:
             self.tables = self._streaming_datasets(self.shards)  # the splits' datasets, as iterables

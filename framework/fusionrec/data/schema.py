@@ -101,13 +101,14 @@ def parse_tasks(config: Any, registry: Registry, key: str = "model.tasks") -> di
         specs[name] = TaskSpec(str(name), head, str(label), float(weight), entry, parent)
     if not specs:
         raise ConfigError(f"{key}: declare at least one task")
-    _check_parents(specs, key)
+    _check_parents(specs, registry, key)
     return specs
 
 
-def _check_parents(specs: dict[str, TaskSpec], key: str) -> None:
+def _check_parents(specs: dict[str, TaskSpec], registry: Registry, key: str) -> None:
     """A conditional task scores its event after its parent's, from the parent's logit: the parent
-    must be another declared task with a ``binary`` head, and parents must not form a cycle."""
+    must be another declared task whose head declares ``can_be_parent``, and parents must not form
+    a cycle."""
     tasks = f"tasks: {', '.join(specs)}"
     conditional = {name: spec.parent for name, spec in specs.items() if spec.parent is not None}
     for name, parent in conditional.items():
@@ -121,6 +122,8 @@ def _check_parents(specs: dict[str, TaskSpec], key: str) -> None:
         cycle = error.args[1]
         raise ConfigError(f"{key}.{cycle[0]}.parent: the parents form a cycle, {' -> '.join(cycle)}; {tasks}") from None
     for name, parent in conditional.items():
-        if specs[parent].head != "binary":
+        if not registry.get("heads", specs[parent].head, f"{key}.{parent}.head").factory.can_be_parent:
+            parents = [repr(head) for head, component in registry.components["heads"].items()
+                       if component.factory.can_be_parent]
             raise ConfigError(f"{key}.{name}.parent: task '{parent}' has a '{specs[parent].head}' head; "
-                              f"a conditional task's parent needs a 'binary' head; {tasks}")
+                              f"a conditional task's parent needs a {' or '.join(parents)} head; {tasks}")

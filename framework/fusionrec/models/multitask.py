@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import graphlib
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 from torch import Tensor, nn
 
@@ -12,7 +12,7 @@ from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, r
 from fusionrec.data.media import MEDIA_TYPES, MediaBatch
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.models.content import ContentField
-from fusionrec.plugins import Registry
+from fusionrec.plugins import Registry, check_options
 
 
 def default_encoder(feature_type: str) -> str:
@@ -40,6 +40,10 @@ class MultiTaskModel(nn.Module):
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
         self.scenario_field = scenario_field
+
+    def content_fields(self) -> dict[str, ContentField]:
+        """The media fields' encoders, ``{field: ContentField}``."""
+        return {name: encoder for name, encoder in self.encoders.items() if isinstance(encoder, ContentField)}
 
     def encode(self, features: dict[str, Tensor | MediaBatch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The encoders of the fields in ``features`` (``{field: [N, ...]}``): ``({field: [N, D_f]},
@@ -105,19 +109,14 @@ class MultiTaskModel(nn.Module):
         built_fusion = registry.build("fusions", fusion_options.pop("name"), "model.fusion",
                                       {name: encoder.output_dim for name, encoder in built_encoders.items()},
                                       **fusion_options)
-        trunk_options = dict(trunk)
-        trunk_name = trunk_options.pop("name")
-        trunk_inputs = [built_fusion.output_dim, list(tasks)]
-        if issubclass(registry.get("trunks", trunk_name, "model.trunk").factory, ScenarioTrunk):
-            if scenario is None:
-                raise ConfigError(f"model.trunk: the {trunk_name!r} trunk reads each row's scenario; set "
-                                  f"data.scenario to the column naming it")
-            if fields[scenario].type != "categorical":
-                raise ConfigError(f"data.scenario: {scenario!r} is a {fields[scenario].type} feature; a scenario "
-                                  f"column is categorical (leave it out of data.features or declare it so)")
-            trunk_inputs.append(Scenarios(scenario, fields[scenario].cardinality,
-                                          {name: encoder.output_dim for name, encoder in built_encoders.items()}))
-        built_trunk = registry.build("trunks", trunk_name, "model.trunk", *trunk_inputs, **trunk_options)
+        scenarios = None
+        if scenario is not None and fields[scenario].type == "categorical":
+            scenarios = Scenarios(scenario, fields[scenario].cardinality,
+                                  {name: encoder.output_dim for name, encoder in built_encoders.items()})
+        elif scenario is not None and reads_scenario(registry, trunk, "model.trunk"):
+            raise ConfigError(f"data.scenario: {scenario!r} is a {fields[scenario].type} feature; a scenario "
+                              f"column is categorical (leave it out of data.features or declare it so)")
+        built_trunk = build_trunk(registry, trunk, "model.trunk", built_fusion.output_dim, list(tasks), scenarios)
         heads = {task: registry.build("heads", spec["head"], f"model.tasks.{task}", built_trunk.output_dims[task],
                                       label_states[task], **spec["options"])
                  for task, spec in tasks.items()}
@@ -126,6 +125,74 @@ class MultiTaskModel(nn.Module):
         order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
         return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()},
                    scenario)
+
+
+def _trunk_parts(registry: Registry, config: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    """A trunk's declared parts (:attr:`Trunk.parts`) as configured, ``{option: {name, **options}}``,
+    the part's default filled in where the option is unset."""
+    factory = registry.get("trunks", config["name"], key).factory
+    parts = {}
+    for part, default in factory.parts.items():
+        value = config.get(part) or default
+        if not isinstance(value, Mapping) or "name" not in value:
+            raise ConfigError(f"{key}.{part}: give the trunk's name and options, e.g. {{name: mmoe, num_experts: 4}}; "
+                              f"got {value!r}")
+        parts[part] = dict(value)
+    return parts
+
+
+class TrunkNode(NamedTuple):
+    """A trunk of a configuration: its config key (``model.trunk.base``), registry name, class, and
+    options besides its parts."""
+
+    key: str
+    name: str
+    factory: type
+    options: dict[str, Any]
+
+
+def trunk_tree(registry: Registry, config: Mapping[str, Any], key: str) -> list[TrunkNode]:
+    """The trunk ``{name, **options}`` and every part it is built on, parts first."""
+    factory = registry.get("trunks", config["name"], key).factory
+    parts = _trunk_parts(registry, config, key)
+    tree = [node for part, part_config in parts.items() for node in trunk_tree(registry, part_config, f"{key}.{part}")]
+    options = {option: value for option, value in config.items() if option != "name" and option not in parts}
+    return [*tree, TrunkNode(key, config["name"], factory, options)]
+
+
+def _framework_inputs(factory: type) -> int:
+    """How many leading parameters of a trunk the framework passes: input_dim, tasks, scenarios
+    for a :class:`ScenarioTrunk`, and the built parts."""
+    return 2 + issubclass(factory, ScenarioTrunk) + len(factory.parts)
+
+
+def check_trunk(registry: Registry, config: Mapping[str, Any], key: str) -> None:
+    """A trunk's options and its parts', before anything is built."""
+    for node in trunk_tree(registry, config, key):
+        check_options(node.factory, node.options, node.key, skip=_framework_inputs(node.factory))
+
+
+def reads_scenario(registry: Registry, config: Mapping[str, Any], key: str) -> bool:
+    """Whether the trunk, or a part it is built on, reads each row's scenario."""
+    return any(issubclass(node.factory, ScenarioTrunk) for node in trunk_tree(registry, config, key))
+
+
+def build_trunk(registry: Registry, config: Mapping[str, Any], key: str, input_dim: int, tasks: list[str],
+                scenarios: Scenarios | None) -> Trunk:
+    """The trunk ``{name, **options}`` and, first, the parts it is built on (:attr:`Trunk.parts`),
+    each with the same inputs. ``scenarios``: None without data.scenario."""
+    factory = registry.get("trunks", config["name"], key).factory
+    inputs: list[Any] = [input_dim, list(tasks)]
+    if issubclass(factory, ScenarioTrunk):
+        if scenarios is None:
+            raise ConfigError(f"{key}: the {config['name']!r} trunk reads each row's scenario; set "
+                              f"data.scenario to the column naming it")
+        inputs.append(scenarios)
+    parts = _trunk_parts(registry, config, key)
+    inputs += [build_trunk(registry, part_config, f"{key}.{part}", input_dim, tasks, scenarios)
+               for part, part_config in parts.items()]
+    options = {option: value for option, value in config.items() if option != "name" and option not in parts}
+    return registry.build("trunks", config["name"], key, *inputs, **options)
 
 
 def with_offset(output: Tensor, offset: Tensor | None) -> Tensor:

@@ -25,12 +25,14 @@ __all__ = ["Bundle", "BundleError", "RequestError", "load", "load_onnx"]
 
 
 def load(directory: str | Path, verify: bool = True) -> Bundle:
+    """The bundle in ``directory``, scoring with its ``torch.export`` program (``model.pt2``)."""
     from fusionrec.serving.program import ProgramBundle
 
     return ProgramBundle(directory, verify=verify)
 
 
 def load_onnx(directory: str | Path, verify: bool = True) -> Bundle:
+    """The bundle in ``directory``, scoring with its ONNX graph (``model.onnx``) on onnxruntime."""
     from fusionrec.serving.onnx_runtime import OnnxBundle
 
     return OnnxBundle(directory, verify=verify)
