@@ -135,6 +135,11 @@ def test_an_unlisted_file_and_a_link_out_of_the_bundle_are_refused(bundle, tmp_p
     shutil.move(bundle / "golden.json", tmp_path / "golden.json")
     os.symlink(tmp_path / "golden.json", bundle / "golden.json")
     refused(bundle, r"golden\.json: leads out of the bundle")
+    shutil.move(tmp_path / "golden.json", bundle / "golden.json")
+    # A listed link to itself cannot be resolved: one error, not a traceback.
+    os.symlink("loop", bundle / "loop")
+    edit_checksums(bundle, lambda lines: [*lines, f"{'0' * 64}  loop"])
+    refused(bundle, r"loop: cannot be read")
 
 
 def test_a_re_hashed_manifest_may_not_name_files_outside_the_list(bundle, tmp_path):
@@ -182,6 +187,12 @@ def test_verify_false_skips_the_checksums_of_a_trusted_copy(bundle):
         with pytest.raises(BundleError, match="SHA256SUMS: missing"):
             loader(bundle)
         loader(bundle, verify=False).check()
+    # Unverified, the files the manifest names must still lie inside the bundle.
+    edit_manifest(bundle, lambda manifest: manifest["content"]["fields"]["item_title"].update(
+        program="../encoder.pt2", onnx="../encoder.pt2"))
+    for loader in (load, load_onnx):
+        with pytest.raises(BundleError, match=r"names the file '\.\./encoder\.pt2', a path out of the bundle"):
+            loader(bundle, verify=False)
 
 
 def test_a_runtime_needs_only_the_files_it_reads(bundle):

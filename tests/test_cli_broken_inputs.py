@@ -4,6 +4,7 @@ naming the input, exit code 2, no traceback, and nothing left half-written, not 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,18 @@ def test_ckpt_path_last_takes_the_newest_checkpoint_of_this_config(world, capsys
     assert "model.tasks: like only in the config" in error
 
 
+def test_ckpt_path_last_passes_over_an_unreadable_newer_checkpoint(world, capsys, tmp_path):
+    """A last.ckpt cut short by a kill is newest, but this config's older one is taken."""
+    kept, cut = (tmp_path / "runs" / name / "checkpoints" / "last.ckpt" for name in ("version_0", "version_1"))
+    for path in (kept, cut):
+        path.parent.mkdir(parents=True)
+    shutil.copy(world["checkpoint"], kept)
+    cut.write_bytes(world["checkpoint"].read_bytes()[:1000])
+    assert main(["test", "--config", str(world["config"]), "--ckpt_path", "last",
+                 "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    assert f"using {kept}" in capsys.readouterr().out
+
+
 def start_export(world, out: Path) -> subprocess.Popen:
     return subprocess.Popen([FUSIONREC, "export", "--ckpt", str(world["checkpoint"]), "--out", str(out),
                              "--no-onnx", "--skip-test-metrics"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -262,14 +275,19 @@ def test_a_killed_export_leaves_no_staging_directory(world, tmp_path):
     terminated, killed = tmp_path / "terminated", tmp_path / "killed"
     processes = {signal.SIGTERM: (start_export(world, terminated), terminated),
                  signal.SIGKILL: (start_export(world, killed), killed)}
-    deadline = time.monotonic() + 120
-    for number, (process, out) in processes.items():
-        while not list(tmp_path.glob(f".{out.name}.partial-*")):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.02)
-        process.send_signal(number)
-    (term, _), (kill, _) = processes.values()
-    _, err = term.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        for number, (process, out) in processes.items():
+            while not list(tmp_path.glob(f".{out.name}.partial-*")):
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+                time.sleep(0.02)
+            process.send_signal(number)
+        (term, _), (kill, _) = processes.values()
+        _, err = term.communicate(timeout=120)
+    finally:  # never leave an export running when an assertion above fails
+        for process, _ in processes.values():
+            if process.poll() is None:
+                process.kill()
     assert term.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
     kill.wait(timeout=120)
     left = {path.name for path in tmp_path.iterdir()}

@@ -46,9 +46,9 @@ class Service:
         self.handler = logging.Handler(logging.ERROR)
         self.handler.emit = self.errors.append
         # Only what this service's thread logs: several services may run at once.
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.handler.addFilter(lambda record: record.thread == self.thread.ident)
         logging.getLogger().addHandler(self.handler)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

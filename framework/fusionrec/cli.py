@@ -122,10 +122,15 @@ class FusionrecCLI(LightningCLI):
         if config.get("ckpt_path") != "last":
             return
         root = Path(self.trainer.default_root_dir)
-        found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
-        other = None
+        found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=_modified, reverse=True)
+        other = unreadable = None
         for path in found:
-            differences = config_differences(read_checkpoint(path, "--ckpt_path last:"), *self._trained_with())
+            try:
+                state = read_checkpoint(path, "--ckpt_path last:")
+            except ConfigError as error:  # e.g. cut short by a kill: an older one of this config may follow
+                unreadable = unreadable or error
+                continue
+            differences = config_differences(state, *self._trained_with())
             if not differences:
                 print(f"resuming from {path}" if self.subcommand == "fit" else f"using {path}")
                 config["ckpt_path"] = self.config[self.subcommand]["ckpt_path"] = str(path)
@@ -135,6 +140,8 @@ class FusionrecCLI(LightningCLI):
         if other:
             raise ConfigError(f"--ckpt_path last: {other[0]} was trained with another config than {configs} "
                               f"({'; '.join(other[1])}); give this run its own trainer.default_root_dir")
+        if unreadable:
+            raise unreadable
         if self.subcommand != "fit":
             raise ConfigError(f"--ckpt_path last: no last.ckpt under {root}")
         print(f"no last.ckpt under {root}: starting from scratch")
@@ -177,6 +184,14 @@ class FusionrecCLI(LightningCLI):
         self._use_checkpoint()
         output = self.config["predict"].get("output") or Path(self.trainer.log_dir or ".") / "predictions.parquet"
         self.trainer.callbacks.append(ParquetPredictionWriter(output))
+
+
+def _modified(path: Path) -> float:
+    """``path``'s modification time; 0 for one another run removed meanwhile (read_checkpoint then says so)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 # What a run writes as it starts; a directory holding nothing else saw no training step, metric or checkpoint.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import inspect
+import math
 import operator
 import re
 import types
@@ -22,12 +23,15 @@ from typing import Any
 
 import jsonargparse.typing
 from jsonargparse import ArgumentParser
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, restricted_number_type
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 
 from fusionrec.errors import ConfigError
 
 # p = 1 would zero every unit of the layer.
 Dropout = restricted_number_type("Dropout", float, [(">=", 0.0), ("<", 1.0)])
+# jsonargparse's own PositiveFloat and NonNegativeFloat take inf, with which training silently turns to NaN.
+PositiveFloat = restricted_number_type("FinitePositiveFloat", float, [(">", 0.0), ("<", math.inf)])
+NonNegativeFloat = restricted_number_type("FiniteNonNegativeFloat", float, [(">=", 0.0), ("<", math.inf)])
 
 __all__ = ["Dropout", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "check_value", "describe",
            "option_annotations"]
@@ -59,8 +63,9 @@ def describe(annotation: Any) -> str:
         ordered = sorted(restrictions, key=lambda restriction: restriction[0] not in (operator.gt, operator.ge))
         bounds = [">= " + str(ref + 1) if base is int and op is operator.gt else
                   "<= " + str(ref - 1) if base is int and op is operator.lt else f"{_SYMBOLS[op]} {ref:g}"
-                  for op, ref in ordered]
-        return f"{_NAMES[base]} {f' {annotation._join} '.join(bounds)}"
+                  for op, ref in ordered if ref != math.inf]  # "< inf" reads as "a finite number"
+        name = "a finite number" if len(bounds) < len(ordered) else _NAMES[base]
+        return f"{name} {f' {annotation._join} '.join(bounds)}"
     return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import importlib.util
 import json
 import os
@@ -186,7 +187,7 @@ def _staging_directory(out: Path) -> tuple[Path, int]:
     parent = os.open(out.parent, os.O_RDONLY)
     try:
         fcntl.flock(parent, fcntl.LOCK_EX)
-        for stale in out.parent.glob(f".{out.name}.partial-*"):
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
             handle = _locked(stale) if stale.is_dir() else None
             if handle is not None:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -234,7 +235,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | N
             fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
             metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None
             writer.write(fused, metrics)
-            staging.rename(out)
+            try:
+                staging.rename(out)
+            except OSError:  # another export finished first
+                raise ConfigError(f"--out {out}: already exists; choose a new directory") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             for directory in created:  # deepest first; what --out's creation added, now empty again

@@ -88,7 +88,7 @@ def read_checksums(directory: Path) -> dict[str, str]:
         raise BundleError(f"{sums}: missing, so the bundle cannot be verified; export the bundle again")
     try:
         lines = sums.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
+    except (UnicodeDecodeError, OSError) as error:
         raise BundleError(f"{sums}: not a checksum file ({error})") from None
     listed: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
@@ -116,9 +116,13 @@ def verify_files(directory: Path) -> frozenset[str]:
     root = directory.resolve()
     for name, digest in listed.items():
         path = directory / name
-        if not path.resolve().is_relative_to(root):
-            raise BundleError(f"{path}: leads out of the bundle (to {path.resolve()})")
-        if path.is_file() and file_sha256(path) != digest:
+        try:
+            if not path.resolve().is_relative_to(root):
+                raise BundleError(f"{path}: leads out of the bundle (to {path.resolve()})")
+            changed = path.is_file() and file_sha256(path) != digest
+        except (OSError, RuntimeError) as error:  # unreadable; Python < 3.13 raises RuntimeError on a link loop
+            raise BundleError(f"{path}: cannot be read ({error})") from None
+        if changed:
             raise BundleError(f"{path}: changed since export (its sha256 differs from the one {CHECKSUMS} "
                               f"records); export the bundle again")
     return frozenset(listed)
@@ -163,6 +167,8 @@ class Bundle:
         if not isinstance(name, str) or (self.listed is not None and name not in self.listed):
             raise BundleError(f"{self.directory / MANIFEST}: names the file {name!r}, which {CHECKSUMS} does not "
                               f"list; export the bundle again")
+        if problem := _not_inside(name):  # also without verification
+            raise BundleError(f"{self.directory / MANIFEST}: names the file {name!r}, {problem}")
         path = self.directory / name
         if not path.is_file():
             raise BundleError(f"{path}: missing; export the bundle again")

@@ -65,6 +65,8 @@ def _parser() -> CommandParser:
 
 def run_serve(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: a port is a number from 0 to 65535")
     if args.combine and not args.score:
         raise ConfigError("--combine applies to --score: give both")
     try:

@@ -202,8 +202,8 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
     """The service for a loaded (and checked) ``bundle``. ``fused_score`` orders ``/recommend``;
     without it the manifest's ``fused_score`` does, if it has one. ``content_root``: the directory
     image and audio paths in requests are read from (without it, such fields take item vectors)."""
-    if max_batch_rows < 1 or max_wait_ms < 0:
-        raise ConfigError(f"--max-batch-rows must be >= 1 and --max-wait-ms >= 0, got {max_batch_rows} "
+    if max_batch_rows < 1 or not 0 <= max_wait_ms < float("inf"):
+        raise ConfigError(f"--max-batch-rows must be >= 1 and --max-wait-ms a finite number >= 0, got {max_batch_rows} "
                           f"and {max_wait_ms}")
     manifest = bundle.manifest
     if fused_score is None and manifest.get("fused_score"):

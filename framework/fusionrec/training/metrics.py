@@ -62,7 +62,7 @@ class EvaluationMetrics(nn.Module):
         # that every process computes (and synchronises) the same metrics even when its share of the
         # split lacks a scenario.
         per_scenario = [(task, position, metrics) for task, by_position in self.by_scenario[stage].items()
-                        for position, metrics in by_position.items()]
+                        for position, metrics in by_position.items() if metrics]
         if not per_scenario:
             return values
         device = next(iter(per_scenario[0][2].values())).device
