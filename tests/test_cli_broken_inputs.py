@@ -206,6 +206,10 @@ def no_scenario(edited: dict) -> None:
     edited["data"]["scenario"] = None
 
 
+def longer_tag_lists(edited: dict) -> None:
+    edited["data"]["features"]["item_tags"]["max_length"] = 8
+
+
 def wider_embeddings(edited: dict) -> None:
     edited["model"]["embedding_dim"] = 16
 
@@ -214,6 +218,7 @@ def wider_embeddings(edited: dict) -> None:
     (drop_hour, "data.features: hour only in the checkpoint"),
     (user_age_categorical, "data.features.user_age is 'numeric' in the checkpoint, 'categorical' in the config"),
     (no_scenario, "data.scenario is 'scenario' in the checkpoint, None in the config"),
+    (longer_tag_lists, "data.features.item_tags.max_length is 4 in the checkpoint, 8 in the config"),
     (wider_embeddings, "model.embedding_dim is 8 in the checkpoint, 16 in the config"),
 ])
 def test_a_checkpoint_of_another_config_names_what_differs(world, capsys, tmp_path, change, named):

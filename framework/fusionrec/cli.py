@@ -20,6 +20,7 @@ from rich.table import Table
 
 from fusionrec.components.options import argument_error_line
 from fusionrec.data.datamodule import MultiTaskDataModule
+from fusionrec.data.schema import FeatureSpec
 from fusionrec.errors import CommandParser, ConfigError, FusionrecError
 from fusionrec.export import run_export
 from fusionrec.plugins import SLOTS, get_registry
@@ -104,10 +105,9 @@ class FusionrecCLI(LightningCLI):
         require_matching_config(state, f"--ckpt_path {checkpoint}", *self._trained_with())
         self.datamodule.use_checkpoint(checkpoint)
 
-    def _trained_with(self) -> tuple[dict[str, str], str | None, dict[str, Any]]:
+    def _trained_with(self) -> tuple[dict[str, FeatureSpec], str | None, dict[str, Any]]:
         """This config's side of :func:`~fusionrec.training.checkpoint.config_differences`."""
-        features = {name: spec.type for name, spec in self.datamodule.feature_specs.items()}
-        return features, self.datamodule.hparams.scenario, dict(self.model.hparams)
+        return self.datamodule.feature_specs, self.datamodule.hparams.scenario, dict(self.model.hparams)
 
     def before_fit(self) -> None:
         self._use_checkpoint()

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fusionrec.data.schema import FeatureSpec
 from fusionrec.errors import ConfigError
 from fusionrec.training.module import DEFAULT_COMPONENTS, MultiTaskModule, component_config
 
@@ -18,8 +19,12 @@ from fusionrec.training.module import DEFAULT_COMPONENTS, MultiTaskModule, compo
 REQUIRED = {"": ("state_dict", "hyper_parameters", "pytorch-lightning_version"),
             "hyper_parameters": ("tasks", "preprocessing"),
             "hyper_parameters.preprocessing": ("features", "tasks")}
-# Model settings that shape the weights; the others (learning rate, weight decay) may change on a resume.
+# Model settings compared with a checkpoint, every component option included (a dropout too): the model is
+# tested or resumed as it was built. The optimiser's learning rate and weight decay, and task weights, may change.
 ARCHITECTURE = ("embedding_dim", "encoders", "fusion", "trunk", "balancer")
+# Feature options that change how values are encoded; the checkpoint's fitted state was made with its
+# own. (root and strict only say where content is read from and how strictly: they may change.)
+ENCODING_OPTIONS = ("separator", "max_length", "na_values", "hash_buckets")
 
 
 def read_checkpoint(path: str | Path, option: str = "--ckpt") -> dict[str, Any]:
@@ -56,14 +61,22 @@ def _lookup(state: dict[str, Any], dotted: str) -> Any:
     return state
 
 
-def config_differences(state: dict[str, Any], features: dict[str, str], scenario: str | None,
+def config_differences(state: dict[str, Any], features: dict[str, FeatureSpec], scenario: str | None,
                        model: dict[str, Any]) -> list[str]:
-    """What a config (``features``: field -> type, ``scenario`` column, the model's settings) has that the
+    """What a config (its ``features``, ``scenario`` column and the model's settings) has that the
     checkpoint ``state`` was not trained with: one phrase per difference, empty when they match."""
     hyper = state["hyper_parameters"]
     preprocessing = hyper["preprocessing"]
     trained = {name: entry.get("type") for name, entry in preprocessing["features"].items()}
-    differences = _named_differences("data.features", trained, features)
+    differences = _named_differences("data.features", trained, {name: spec.type for name, spec in features.items()})
+    for name, spec in features.items():
+        entry = preprocessing["features"].get(name)
+        if entry is None or entry.get("type") != spec.type:
+            continue  # said above
+        for option in ENCODING_OPTIONS:
+            if option in spec.options and _plain(option, entry.get(option)) != _plain(option, spec.options[option]):
+                differences.append(f"data.features.{name}.{option} is {entry.get(option)!r} in the checkpoint, "
+                                   f"{spec.options[option]!r} in the config")
     if preprocessing.get("scenario") != scenario:
         differences.append(f"data.scenario is {preprocessing.get('scenario')!r} in the checkpoint, "
                            f"{scenario!r} in the config")
@@ -72,6 +85,11 @@ def config_differences(state: dict[str, Any], features: dict[str, str], scenario
     differences += [f"model.{key} is {trained_model[key]!r} in the checkpoint, {configured_model[key]!r} in the config"
                     for key in ARCHITECTURE if trained_model[key] != configured_model[key]]
     return differences
+
+
+def _plain(option: str, value: Any) -> Any:
+    # na_values are matched as strings (a config's -1 is the checkpoint's "-1").
+    return [str(item) for item in value or []] if option == "na_values" else value
 
 
 def _architecture(hyper: dict[str, Any]) -> dict[str, Any]:
