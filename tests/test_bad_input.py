@@ -301,15 +301,22 @@ def test_an_auc_over_one_class_is_not_defined():
     assert auc.compute() == pytest.approx(2 / 3)  # 0.8 outranks two of the three negatives
 
 
-def test_a_one_class_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
+def one_class_config(tmp_path: Path, val_has_one_class: bool) -> Path:
+    """A config training on mixed rows and testing on rows whose click is always 0 (validating on them too,
+    with ``val_has_one_class``)."""
     train, one_class = tmp_path / "train.csv", tmp_path / "one_class.csv"
     rows(200).to_csv(train, index=False)
     rows(40).assign(click=0).to_csv(one_class, index=False)
     cfg = config(train)
-    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(one_class), "test": str(one_class)}
+    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(one_class if val_has_one_class else train),
+                   "test": str(one_class)}
     del cfg["data"]["path"], cfg["data"]["split"]
     cfg["trainer"].update(logger=True, num_sanity_val_steps=0)
-    code = main(["fit", "--config", str(write_config(tmp_path, cfg)), "--trainer.default_root_dir", str(tmp_path)])
+    return write_config(tmp_path, cfg)
+
+
+def test_a_one_class_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
+    code = main(["fit", "--config", str(one_class_config(tmp_path, True)), "--trainer.default_root_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
@@ -329,15 +336,8 @@ def test_a_one_class_split_prints_n_a_and_logs_no_zero(tmp_path, capsys):
 
 
 def test_a_metric_not_defined_on_the_test_split_is_null_in_the_bundle(tmp_path):
-    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
-    rows(200).to_csv(train, index=False)
-    rows(40).assign(click=0).to_csv(test, index=False)
-    cfg = config(train)
-    cfg["data"] = {**cfg["data"], "train": str(train), "val": str(train), "test": str(test)}
-    del cfg["data"]["path"], cfg["data"]["split"]
-    cfg["trainer"].update(logger=True, num_sanity_val_steps=0)
-    assert main(["fit", "--config", str(write_config(tmp_path, cfg)), "--trainer.default_root_dir", str(tmp_path),
-                 "--test_after_fit", "false"]) == 0
+    assert main(["fit", "--config", str(one_class_config(tmp_path, False)), "--trainer.default_root_dir",
+                 str(tmp_path), "--test_after_fit", "false"]) == 0
     (checkpoint,) = tmp_path.glob("**/last.ckpt")
     assert main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "bundle"), "--no-onnx"]) == 0
     # Strict JSON (no NaN token), with null where the metric is not defined.
