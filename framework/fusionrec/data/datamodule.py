@@ -29,8 +29,10 @@ SPLITS = ("train", "val", "test")
 
 def split_options(method: Literal["random", "time"] = "random",
                   ratios: list[NonNegativeFloat] = (0.8, 0.1, 0.1), time_column: str | None = None,
-                  seed: int = 0) -> None:
-    """The keys of ``data.split`` and their types, checked by :func:`check_options`."""
+                  seed: int = 0) -> dict[str, Any]:
+    """The keys of ``data.split``, their types (checked by :func:`check_options`) and defaults:
+    ``split_options(**split)`` is the split with every key."""
+    return {"method": method, "ratios": ratios, "time_column": time_column, "seed": seed}
 
 
 class MultiTaskDataModule(LightningDataModule):
@@ -126,9 +128,9 @@ class MultiTaskDataModule(LightningDataModule):
             if not split:
                 raise ConfigError("data.split: required with data.path, e.g. {method: random, ratios: [0.8, 0.1, 0.1]}")
             frame = self._read(path, "data.generate" if hp.generate else "data.path")
-            ratios = split.get("ratios", (0.8, 0.1, 0.1))
-            parts = split_table(frame, split.get("method", "random"), ratios, "data.split", split.get("time_column"),
-                                split.get("seed", 0))
+            split = split_options(**split)
+            ratios = split["ratios"]
+            parts = split_table(frame, split["method"], ratios, "data.split", split["time_column"], split["seed"])
             # A ratio of 0 leaves a split out on purpose; one that rounds to no rows would leave it out
             # silently (no validation metrics, nothing to stop early on).
             for name, part, ratio in zip(SPLITS, parts, ratios):

@@ -270,10 +270,7 @@ class Bundle:
                 inputs[field] = [str(self.file(v)) if isinstance(v, str) else v for v in inputs[field]]
         scores = self.score(inputs)
         for task, expected in golden["outputs"].items():
-            tolerance = self.manifest["outputs"][task].get("golden_tolerance")
-            if tolerance is None:
-                raise BundleError(f"{self.directory / MANIFEST}: outputs.{task} has no golden_tolerance (written "
-                                  f"by an older fusionrec); export the bundle again")
+            tolerance = self.manifest["outputs"][task]["golden_tolerance"]  # in every format_version 2 manifest
             actual, expected = np.asarray(scores[task], dtype=np.float64), np.asarray(expected, dtype=np.float64)
             if actual.shape != expected.shape:
                 raise AssertionError(f"{self.directory}: task '{task}' scores have shape {actual.shape}, the golden "

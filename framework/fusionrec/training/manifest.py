@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fusionrec.errors import ConfigError
 from fusionrec.models.multitask import default_encoder, trunk_tree
 from fusionrec.plugins import Registry
@@ -44,10 +42,9 @@ def component_manifest(registry: Registry, features: dict[str, dict[str, Any]], 
 def require_installed_components(checkpoint_path: str | Path, registry: Registry) -> None:
     """Every component in the checkpoint's manifest (``checkpoint["fusionrec"]["components"]``) must
     be registered; otherwise a ConfigError names it and the distribution that provided it."""
-    if not Path(checkpoint_path).is_file():
-        raise ConfigError(f"{checkpoint_path}: no such checkpoint file")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    manifest = checkpoint.get("fusionrec", {}).get("components", {})
+    from fusionrec.training.checkpoint import read_checkpoint  # it imports the module, which imports this
+
+    manifest = read_checkpoint(checkpoint_path, "checkpoint").get("fusionrec", {}).get("components", {})
     for section, slot in MANIFEST_SLOTS.items():
         entries = manifest.get(section, {})
         named = entries.items() if section in KEYED_SECTIONS else [(None, entries)]
