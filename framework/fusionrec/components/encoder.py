@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor, nn
 
 from fusionrec.components.options import PositiveInt
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """What an encoder needs to know about its field, read off the fitted preprocessing.
-
-    ``cardinality`` counts ids including the padding (0) and out-of-vocabulary (1) rows;
-    ``width`` is the padded length of a multi-valued field or the length of a vector field.
-    """
-
-    name: str
-    type: str
-    cardinality: int = 0
-    width: int = 1
-    extra: dict = field(default_factory=dict)
+from fusionrec.features.base import FieldInfo  # numpy only: serving reads it too
 
 
 class FieldEncoder(nn.Module):
