@@ -23,6 +23,19 @@ published figures were measured on. With shift ``s``:
   follows other latent dimensions than what draws the click.
 
 The random draws are the same whatever the shift: only these formulas change.
+
+``interest_drift`` (0 to 1, ``data.generate: {..., interest_drift: 1.0}``) adds behaviour that only a
+user's history reveals. Each user's visits follow a current interest, one item category, that drifts:
+after each of the user's events (in time order) it moves on to a new, uniformly drawn category with
+probability ``1 / THEME_LENGTH``. With drift ``d``:
+
+- a share ``d / 2`` of the user's impressions show an item of the current interest (a recommender
+  already serving the theme), drawn by popularity within that category;
+- the click logit gains ``THEME_CLICK_BOOST * d`` when the item is of the current interest.
+
+Nothing in a row says what the current interest is, and a user's id only tells the interests of the
+whole month; the categories of the items the user clicked just before give it away. The drift draws
+come from a stream of their own (``seed + 1``), so at 0 (the default) the log is the published one.
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ from fusionrec.errors import ConfigError
 
 GENERATOR_VERSION = 2
 SCENARIOS = ("home", "search", "detail")
+THEME_LENGTH = 8  # events a current interest lasts, on average (interest_drift)
+THEME_CLICK_BOOST = 1.5
 
 
 def cache_dir() -> Path:
@@ -78,10 +93,38 @@ def _shifted_preferences(user_vec: np.ndarray, item_vec: np.ndarray, scenario: n
     return affinity, taste
 
 
+def _current_interests(user: np.ndarray, categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each row's current interest (module docstring): rows are in time order, so a stable sort by
+    user lists each user's events in time order; a new interest starts at a user's first event and
+    then with probability ``1 / THEME_LENGTH`` after each event."""
+    order = np.argsort(user, kind="stable")
+    starts = np.ones(len(user), dtype=bool)
+    starts[1:] = (user[order][1:] != user[order][:-1]) | (rng.random(len(user) - 1) < 1 / THEME_LENGTH)
+    segment = np.cumsum(starts) - 1
+    interests = np.empty(len(user), dtype=np.int64)
+    interests[order] = rng.choice(categories, segment[-1] + 1)[segment]
+    return interests
+
+
+def _themed_items(item: np.ndarray, interest: np.ndarray, item_category: np.ndarray, popularity: np.ndarray,
+                  share: float, rng: np.random.Generator) -> np.ndarray:
+    """``item`` with a ``share`` of the rows replaced by an item of their current interest."""
+    item = item.copy()
+    themed = rng.random(len(item)) < share
+    for category in np.unique(interest[themed]):
+        rows = np.flatnonzero(themed & (interest == category))
+        members = np.flatnonzero(item_category == category)
+        weights = popularity[members] / popularity[members].sum()
+        item[rows] = rng.choice(members, len(rows), p=weights)
+    return item
+
+
 def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
-                         scenario_shift: float = 0.0) -> pd.DataFrame:
+                         scenario_shift: float = 0.0, interest_drift: float = 0.0) -> pd.DataFrame:
     if not 0 <= scenario_shift <= 1:
         raise ConfigError(f"data.generate.scenario_shift: expected a number from 0 to 1, got {scenario_shift}")
+    if not 0 <= interest_drift <= 1:
+        raise ConfigError(f"data.generate.interest_drift: expected a number from 0 to 1, got {interest_drift}")
     rng, user_vec, item_vec = _latents(users, items, seed)
     latent = LATENT
     user_age = np.clip(rng.normal(35, 12, users), 16, 80)
@@ -96,6 +139,10 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
     user = rng.integers(0, users, rows)
     item = rng.choice(items, rows, p=popularity / popularity.sum())
+    if interest_drift:
+        drift_rng = np.random.default_rng(seed + 1)
+        interest = _current_interests(user, np.unique(item_category), drift_rng)
+        item = _themed_items(item, interest, item_category, popularity, interest_drift / 2, drift_rng)
     scenario = rng.integers(0, len(SCENARIOS), rows)
     hour = rng.integers(0, 24, rows)
     timestamp = np.sort(rng.integers(1_700_000_000, 1_700_000_000 + 30 * 86_400, rows))
@@ -105,6 +152,8 @@ def generate_impressions(rows: int = 200_000, users: int = 5_000, items: int = 3
     if scenario_shift:
         affinity, taste = _shifted_preferences(user_vec[user], item_vec[item], scenario, scenario_shift)
     click_logit = -1.0 + 1.8 * affinity + np.array([0.4, -0.6, 0.1])[scenario] + 0.3 * np.cos(hour / 24 * 2 * np.pi)
+    if interest_drift:
+        click_logit = click_logit + THEME_CLICK_BOOST * interest_drift * (item_category[item] == interest)
     click = rng.random(rows) < _sigmoid(click_logit)
     like_logit = -0.5 + 2.0 * taste + 0.03 * (user_age[user] - 35)
     like = click & (rng.random(rows) < _sigmoid(like_logit))
@@ -138,20 +187,23 @@ def write_once(path: Path, make: Callable[[], pd.DataFrame]) -> Path:
 
 
 def quickstart_log(rows: int = 200_000, users: int = 5_000, items: int = 3_000, seed: int = 0,
-                   directory: str | Path | None = None, media: bool = False, scenario_shift: float = 0.0) -> Path:
+                   directory: str | Path | None = None, media: bool = False, scenario_shift: float = 0.0,
+                   interest_drift: float = 0.0) -> Path:
     """Path of the generated quickstart log, written on first use. With ``media``, every item also
     gets a title, a PNG and a WAV (:mod:`fusionrec.data.synthetic_media`, next to the log) and the
     log the columns ``item_title``, ``item_image`` and ``item_audio`` (absolute paths).
-    ``scenario_shift``: see the module docstring."""
+    ``scenario_shift``, ``interest_drift``: see the module docstring."""
     params = {"rows": rows, "users": users, "items": items, "seed": seed, "version": GENERATOR_VERSION}
     if media:
         params["media"] = True
     if scenario_shift:  # only when set, so the logs cached before it existed keep their names
         params["scenario_shift"] = scenario_shift
+    if interest_drift:
+        params["interest_drift"] = interest_drift
     path = cache_path("synthetic-impressions", params, directory)
 
     def make() -> pd.DataFrame:
-        frame = generate_impressions(rows, users, items, seed, scenario_shift)
+        frame = generate_impressions(rows, users, items, seed, scenario_shift, interest_drift)
         if media:
             from fusionrec.data.synthetic_media import write_item_media
 
