@@ -29,6 +29,7 @@ Both loops run in one process with torch's default thread count unless ``--threa
 
     .venv/bin/python benchmarks/throughput.py                        # 500k rows, 8 x (25 + 5) steps
     .venv/bin/python benchmarks/throughput.py --rows 50000 --steps 20 --blocks 2 --warmup 2  # smoke
+    .venv/bin/python benchmarks/throughput.py --history 50   # plus each user's 50 latest earlier clicks
 """
 
 from __future__ import annotations
@@ -171,12 +172,19 @@ def timed_steps(ends: list[float], sizes: list[int], warmup: int) -> tuple[list[
 def make_config(args: argparse.Namespace, path: Path) -> tuple[dict, dict]:
     features = {column: {"type": "categorical"} for column in ID_COLUMNS}
     features.update({column: {"type": "numeric"} for column in NUMERIC_COLUMNS})
+    if args.history:
+        # the user's earlier clicks, built from the log itself
+        features["history"] = {"type": "sequence", "max_length": args.history, "vocabulary": "item_id",
+                               "history": {"user": "user_id", "time": "timestamp", "item": "item_id",
+                                           "positive": {"column": "click"}}}
     tasks = {"click": {"head": "binary", "weight": 1.0}, "conversion": {"head": "binary", "weight": 1.0}}
     data = {"features": features, "tasks": tasks, "path": str(path), "batch_size": args.batch_size,
             "split": {"method": "random", "ratios": [0.95, 0.05, 0.0], "seed": args.seed}}
     model = {"tasks": tasks, "embedding_dim": args.embedding_dim,
              "trunk": {"name": "mmoe", "num_experts": args.experts, "expert_hidden": args.expert_hidden},
              "learning_rate": 2e-3}
+    if args.history:
+        model["encoders"] = {"history": {"name": args.history_encoder}}
     return data, model
 
 
@@ -256,9 +264,8 @@ def premade_batches(table, steps: int, batch_size: int, seed: int) -> list[tuple
     import torch
 
     order = torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))
-    return [({k: v.index_select(0, rows) for k, v in table.features.items()},
-             {k: v.index_select(0, rows) for k, v in table.labels.items()})
-            for rows in order[:steps * batch_size].split(batch_size)]
+    batches = (table[rows] for rows in order[:steps * batch_size].split(batch_size))
+    return [(batch.features, batch.labels) for batch in batches]
 
 
 def run_bare(module, batches: list[tuple[dict, dict]], warmup: int) -> tuple[list[float], list[int]]:
@@ -327,6 +334,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--expert-hidden", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--history", type=int, default=0, metavar="LENGTH",
+                        help="add a sequence feature: each row's user's earlier clicked items, LENGTH long")
+    parser.add_argument("--history-encoder", default="sequence_mean", help="the history field's encoder")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for both loops (default: torch's own default, one per core)")
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
@@ -419,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{sum(framework.sizes):,} rows)"),
         ("batch size / interleave", f"{args.batch_size} / {args.interleave}"),
         ("model", f"MMoE {args.experts}x{args.expert_hidden}, emb {args.embedding_dim}, "
-                  f"{len(ID_COLUMNS)} ids + {len(NUMERIC_COLUMNS)} numerics, {parameters:,} params"),
+                  f"{len(ID_COLUMNS)} ids + {len(NUMERIC_COLUMNS)} numerics"
+                  + (f" + a {args.history}-long history ({args.history_encoder})" if args.history else "")
+                  + f", {parameters:,} params"),
         ("largest vocabularies", f"user_id {vocab['user_id']:,}, item_id {vocab['item_id']:,}"),
         ("val AUC after training: click / conversion",
          f"{validated['val/click/auc']:.3f} / {validated['val/conversion/auc']:.3f}"),

@@ -168,8 +168,8 @@ def _rename_field(manifest: dict, old: str, new: str) -> None:
      r"item_encoder\.item_title\.(pt2|onnx) takes input 'input_ids', which \"content\.fields\.item_title\.inputs\""),
     (lambda manifest: manifest["outputs"].update(shares=manifest["outputs"]["click"]),
      r"\"outputs\" declares task 'shares', which model\.(pt2|onnx) does not give"),
-    (lambda manifest: manifest.update(format_version=1),
-     r"manifest\.json: format_version 1; this fusionrec reads bundles of format_version 2"),
+    (lambda manifest: manifest.update(format_version=2),
+     r"manifest\.json: format_version 2; this fusionrec reads bundles of format_version 3"),
 ], ids=["renamed field", "missing input", "item encoder input", "extra task", "older format"])
 def test_a_manifest_that_disagrees_with_the_graphs_is_one_error_line(bundle, change, message, capsys):
     edit_manifest(bundle, change)

@@ -1,19 +1,32 @@
 """Text, image and audio fields end to end: `fusionrec fit` on a log whose items have real titles,
 PNGs and WAVs (the synthetic media generator), with a frozen and cached text encoder and trainable
-image and audio encoders."""
+image and audio encoders; and a third-party content encoder on the core base class in the model."""
 
 from __future__ import annotations
 
 import re
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from torch import nn
 
 from conftest import save_tiny_bert, write_config
+from fusionrec import hookimpl
 from fusionrec.cli import make_cli
+from fusionrec.components import ContentEncoder, FieldInfo
+from fusionrec.data.media import MediaColumn
 from fusionrec.data.synthetic_media import FILLER_WORDS, TITLE_WORDS, write_item_media
+from fusionrec.models.multitask import MultiTaskModel
+from fusionrec.plugins import Registry, create_plugin_manager, get_registry
+from fusionrec.serving.content import TextPreparer, content_preparer
+from fusionrec.training.content import attach_content_encoders
+from fusionrec.training.optimisation import parameter_groups
 
 ITEMS, ROWS = 120, 3000
 
@@ -136,3 +149,75 @@ def test_strict_media_stops_on_the_corrupt_file(tmp_path, media_log, monkeypatch
     cli = make_cli(["--config", str(path), "--trainer.default_root_dir", str(tmp_path)], run=False)
     with pytest.raises(DataError, match=re.escape(media_log["corrupt"][0])):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+class BagOfWords(ContentEncoder):
+    """A third-party content encoder on the core base class alone (no media plugin): the mean of its
+    words' embeddings, ``[U, 4]``, tokenised by a word-level ``tokenizers`` tokenizer."""
+
+    WORDS = ["[PAD]", "[UNK]", "red", "blue", "film", "song"]
+
+    def __init__(self, field: FieldInfo, dim: int, *, frozen: bool = False, learning_rate: float | None = None,
+                 strict: bool = False):
+        super().__init__(field, dim, learning_rate=learning_rate, strict=strict)
+        tokenizer = Tokenizer(WordLevel({word: i for i, word in enumerate(self.WORDS)}, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = Whitespace()
+        self.preparer = TextPreparer(tokenizer, max_length=3, pad_id=0, pad_token="[PAD]")
+        self.attach_backbone(nn.Embedding(len(self.WORDS), 4).requires_grad_(not frozen), 4)
+
+    def extract(self, inputs):
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        return (self.backbone(inputs["input_ids"]) * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def test_a_content_encoder_on_the_core_base_class_works_in_the_model(tmp_path, monkeypatch):
+    manager, distributions = create_plugin_manager()
+    manager.register(types.SimpleNamespace(fusionrec_register_encoders=hookimpl(lambda: {"bag_of_words": BagOfWords})),
+                     name="test")
+    registry = Registry(manager, distributions)
+    fields = {"item_id": FieldInfo("item_id", "categorical", cardinality=6),
+              "title": FieldInfo("title", "text", extra={"strict": True})}
+
+    def build(**options) -> MultiTaskModel:
+        torch.manual_seed(0)
+        return MultiTaskModel.build(registry, fields, {"click": {"head": "binary", "options": {}}},
+                                    {"click": {"threshold": None}}, embedding_dim=4,
+                                    encoders={"title": {"name": "bag_of_words", **options}},
+                                    fusion={"name": "concat"}, trunk={"name": "shared_bottom", "hidden": [8]})
+
+    contents = ["red film", "blue blue song song", "  "]  # the last is no content
+    ids = torch.tensor([2, 3, 4, 5])
+
+    # Trainable backbone: prepared per batch of distinct items, trained with its own learning rate.
+    model = build(learning_rate=0.01)
+    content = model.content_fields()["title"]
+    assert isinstance(content.encoder, BagOfWords) and content.encoder.strict  # the field's strict reaches it
+    column = MediaColumn(torch.tensor([0, 1, -1, 2]), contents)
+    column.prepare = content.encoder.prepare
+    batch = column.batch(torch.arange(4))
+    assert batch.present.tolist() == [False, True, True, False]  # codes -1, 0, 1, 2
+    model({"item_id": ids, "title": batch})["click"].sum().backward()
+    assert content.encoder.backbone.weight.grad.abs().sum() > 0
+    balancer = get_registry().build("balancers", "fixed", "model.balancer", {"click": 1.0})
+    groups = parameter_groups(model, model.content_fields(), balancer, 1e-3)
+    assert groups[1] == {"params": [content.encoder.backbone.weight], "lr": 0.01}
+    # An export prepares its items as training did, from the spec and the tokenizer it writes.
+    spec = content.encoder.serving_spec(tmp_path / "assets")
+    bundled = content_preparer(spec, tmp_path / "assets")(contents)
+    for key, value in content.encoder.prepare(contents).items():
+        if key != "problems":
+            np.testing.assert_array_equal(value.numpy(), bundled[key])
+
+    # Frozen backbone: features computed once per item through the cache, then only the projection runs.
+    monkeypatch.setenv("FUSIONREC_CACHE_DIR", str(tmp_path / "cache"))
+    model = build(frozen=True)
+    content = model.content_fields()["title"]
+    assert not content.encoder.trainable_backbone
+    column = MediaColumn(torch.tensor([0, 1, -1, 2]), contents)
+    attach_content_encoders({"title": content}, {"train": types.SimpleNamespace(media={"title": column})})
+    assert column.prepare is None and column.features.shape == (3, 4)
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
+    cached = column.batch(torch.arange(4))
+    with torch.no_grad():
+        fresh = content(MediaColumn(column.codes, contents, prepare=content.encoder.prepare).batch(torch.arange(4)))
+        torch.testing.assert_close(content(cached), fresh)

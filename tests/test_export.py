@@ -115,10 +115,13 @@ print(sorted(bundle.score(golden["inputs"])))
 def test_serving_encodes_like_the_training_preprocessing():
     assert (serving_features.PADDING, serving_features.OUT_OF_VOCABULARY, serving_features.RESERVED) == (
         PADDING, OUT_OF_VOCABULARY, RESERVED)
+    tabular = "fusionrec_features.tabular"
     encode = serving_features.FeatureEncoder({
-        "user": {"type": "categorical", "vocabulary": ["7", "a"]},
-        "price": {"type": "numeric", "na_values": ["n/a"], "mean": 2.0, "std": 4.0},
-        "tags": {"type": "multi_categorical", "vocabulary": ["x", "y"], "separator": "|", "max_length": 3}})
+        "user": {"type": "categorical", "vocabulary": ["7", "a"], "implementation": f"{tabular}:Categorical"},
+        "price": {"type": "numeric", "na_values": ["n/a"], "mean": 2.0, "std": 4.0,
+                  "implementation": f"{tabular}:Numeric"},
+        "tags": {"type": "multi_categorical", "vocabulary": ["x", "y"], "separator": "|", "max_length": 3,
+                 "implementation": f"{tabular}:MultiCategorical"}})
     batch = encode({"user": [7.0, "a", "zzz", None], "price": [6, "n/a", None, 2.0], "tags": ["y|x|q|x", "", ["x"], None]})
     assert batch["user"].tolist() == [2, 3, 1, 1]
     assert batch["price"].tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]]

@@ -22,7 +22,7 @@ from fusionrec.errors import ConfigError
 from fusionrec.plugins import get_registry
 from fusionrec.serving import RequestError, load, load_onnx
 from fusionrec.serving.bundle import read_checksums
-from fusionrec.serving.content import ContentPreparer
+from fusionrec.serving.content import content_preparer
 from fusionrec.training.module import MultiTaskModule
 
 LOG = {"rows": 3000, "users": 150, "items": 90, "seed": 0, "media": True}
@@ -164,7 +164,7 @@ def test_content_is_prepared_as_in_training(export):
     for field in CONTENT:
         contents = [v if isinstance(v, str) and v.strip() else None for v in rows[field]]
         training = module.model.encoders[field].encoder.prepare(contents)
-        serving = ContentPreparer(bundle.content_fields[field]["content"], bundle_dir / "assets" / field)(contents)
+        serving = content_preparer(bundle.content_fields[field]["content"], bundle_dir / "assets" / field)(contents)
         assert set(serving) - {"problems"} == set(training) - {"problems"}
         for key in set(serving) - {"problems"}:
             np.testing.assert_array_equal(serving[key], training[key].numpy())

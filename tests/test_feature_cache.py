@@ -14,6 +14,7 @@ from fusionrec.components import FieldInfo
 from fusionrec.data.batches import TensorTable, batch_loader
 from fusionrec.data.feature_cache import FeatureCache
 from fusionrec.data.media import media_column
+from fusionrec_features.content import Image as ImageType
 from fusionrec_media.image import ImageEncoder
 
 
@@ -58,7 +59,7 @@ def test_entries_are_reused_until_the_file_the_weights_or_a_setting_change(tmp_p
 
 def test_media_are_prepared_in_the_dataloader_workers(tmp_path):
     paths = images(tmp_path, 4)
-    column = media_column(pd.Series(paths * 5), "image", None)
+    column = media_column(pd.Series(paths * 5), ImageType("item_image", {"root": None, "strict": False}))
     assert len(column.contents) == 4 and column.codes.tolist()[:5] == [0, 1, 2, 3, 0]
     prepare = encoder(mode="finetune").prepare
 

@@ -19,6 +19,7 @@ from conftest import save_tiny_bert
 from fusionrec.components import FieldInfo
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.plugins import get_registry
+from fusionrec.serving.content import TextPreparer, content_preparer
 from fusionrec_media.base import MediaEncoder
 from fusionrec_media.plugin import fusionrec_register_encoders
 
@@ -188,29 +189,77 @@ def test_missing_unreadable_and_empty_items_are_reported_not_raised(build, files
     garbage_png.write_bytes(b"not an image at all" * 10)
     garbage_wav.write_bytes(b"RIFF....WAVEfmt garbage" * 10)
     missing = str(tmp_path / "missing.png")
+    # None, NaN and blank strings are no content (a missing modality), never a problem, even when strict;
+    # a file that cannot be read is a problem.
     cases = {
-        "text": (["good film", "", None], {"": "empty text", None: "no text"}),
-        "image": ([files["image"][0], missing, str(garbage_png)],
+        "text": (["good film", "", None, " \t", float("nan")], {}),
+        "image": ([files["image"][0], missing, str(garbage_png), "  ", None],
                   {missing: "file not found", str(garbage_png): "cannot decode image"}),
-        "audio_cnn": ([files["audio"][0], str(garbage_wav), ""],
-                      {str(garbage_wav): "cannot decode audio", "": "no path"}),
+        "audio_cnn": ([files["audio"][0], str(garbage_wav), "", None, float("nan")],
+                      {str(garbage_wav): "cannot decode audio"}),
     }
     for name, (contents, reasons) in cases.items():
         encoder = build(name)
         prepared = encoder.prepare(contents)
-        assert prepared["present"].tolist() == [True, False, False]
-        # None is no content (a missing modality), not a problem; everything else unreadable is one.
-        assert [content for content, _ in prepared["problems"]] == [c for c in contents[1:] if c is not None]
+        assert prepared["present"].tolist() == [True, False, False, False, False]
+        assert [content for content, _ in prepared["problems"]] == list(reasons)
         for content, reason in prepared["problems"]:
             assert reason.startswith(reasons[content])
         assert encoder.encode(prepared)[1:].abs().max() == 0  # placeholders give no features
-        assert encoder(prepared).shape == (3, DIM)
+        assert encoder(prepared).shape == (5, DIM)
         strict = build(name, strict=True)
-        bad = next(c for c in contents[1:] if c is not None)
-        with pytest.raises(DataError, match=f"item_{name}.*{reasons[bad]}"):
-            strict.prepare([contents[0], bad])
+        assert strict.prepare([c for c in contents if c not in reasons])["problems"] == []
+        for bad, reason in reasons.items():
+            with pytest.raises(DataError, match=f"item_{name}.*{reason}"):
+                strict.prepare([contents[0], bad])
     with pytest.raises(DataError, match="missing.png': file not found"):
         build("image", strict=True).prepare([missing])
+
+
+def test_training_prepares_content_exactly_as_the_bundle_does(build, files, tmp_path):
+    long = " ".join(WORDS * 3)  # more tokens than max_length: truncated
+    texts = ["the cat sat on the mat", long, "", None, "  good film  ", float("nan")]
+    contents = {"text": texts, "image": [*files["image"], None, "  "], "audio_cnn": [*files["audio"], "", None]}
+    for name, items in contents.items():
+        encoder = build(name, max_length=6) if name == "text" else build(name)
+        training = encoder.prepare(items)
+        # The bundle's preparer, rebuilt from the spec and assets export writes.
+        bundle = content_preparer(encoder.serving_spec(tmp_path / name), tmp_path / name)(items)
+        assert list(training) == list(bundle)
+        for key in set(bundle) - {"problems"}:
+            np.testing.assert_array_equal(training[key].numpy(), bundle[key], err_msg=f"{name}: {key}")
+        assert training["present"].tolist() == [isinstance(i, str) and bool(i.strip()) for i in items]
+    # Text as transformers' own tokenizer call prepared it before (stripped; no content as "").
+    text = build("text", max_length=6)
+    expected = text.tokenizer([t.strip() if isinstance(t, str) else "" for t in texts], padding="longest",
+                              truncation=True, max_length=6, return_tensors="np")
+    prepared = text.prepare(texts)
+    assert prepared["input_ids"].shape == (len(texts), 6)
+    for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(prepared[key].numpy(), expected[key])
+
+
+def test_text_preparation_keeps_the_tokenizers_padding_and_truncation_sides(bert_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir, padding_side="left", truncation_side="left")
+    preparer = TextPreparer(tokenizer.backend_tokenizer, 5, tokenizer.pad_token_id, tokenizer.pad_token,
+                            tokenizer.padding_side, tokenizer.truncation_side)
+    texts = ["the cat sat on the mat", "a dog"]
+    expected = tokenizer(texts, padding="longest", truncation=True, max_length=5, return_tensors="np")
+    prepared, bundled = preparer(texts), content_preparer(preparer.spec(tmp_path), tmp_path)(texts)
+    assert prepared["input_ids"][1, 0] == tokenizer.pad_token_id  # padded on the left
+    for key in ("input_ids", "attention_mask"):
+        np.testing.assert_array_equal(prepared[key], expected[key])
+        np.testing.assert_array_equal(bundled[key], expected[key])
+
+
+def test_a_tokenizer_without_a_fast_version_is_refused_naming_the_encoder(build, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: object())
+    with pytest.raises(ConfigError, match=r"model\.encoders\.item_text\.model: the tokenizer of .* no fast"):
+        build("text")
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

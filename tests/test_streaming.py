@@ -208,7 +208,8 @@ def test_a_hashed_categorical_has_no_vocabulary_and_encodes_ids_by_their_string_
     assert ids["float"][:2] == ids["string"][:2] == ids["int"][:2]
     assert ids["float"][2] == ids["string"][2] == OUT_OF_VOCABULARY
     # A scoring service encodes raw values to the same ids, from the bundle's state alone.
-    serving = FeatureEncoder({"user": fitted.state["features"]["user"]})
+    serving = FeatureEncoder({"user": {**fitted.state["features"]["user"],
+                                       "implementation": "fusionrec_features.tabular:Categorical"}})
     assert serving({"user": [7, 12.0, None]})["user"].tolist() == ids["int"][:2] + [OUT_OF_VOCABULARY]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import math
 import os
 import re
@@ -33,7 +34,8 @@ from fusionrec.plugins import ENTRY_POINT_GROUP, Registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "third_party_plugin"
 DISTRIBUTION = "fusionrec-example-plugin"
-PLUGIN_COMPONENTS = {("encoders", "bucketized_numeric"), ("heads", "poisson")}
+PLUGIN_COMPONENTS = {("feature_types", "weekday"), ("encoders", "bucketized_numeric"), ("heads", "poisson")}
+TUESDAY = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +57,32 @@ def registry(example) -> Registry:
     plugin_manager.add_hookspecs(hookspecs)
     plugin_manager.register(example, name="example")
     return Registry(plugin_manager, {})
+
+
+def test_weekday_feature_type_encodes_days_the_same_in_training_and_serving(example, registry):
+    from fusionrec_example_plugin import Weekday
+
+    from fusionrec.features import FeatureValueError
+    from fusionrec.serving.features import FeatureEncoder, RequestError
+
+    features = parse_features({"timestamp": {"type": "weekday", "utc_offset": 2}}, registry=registry)
+    times = [TUESDAY, TUESDAY - 86_400, None, TUESDAY + 5 * 86_400]
+    frame = pd.DataFrame({"timestamp": times, "y": [0, 1, 0, 1]})
+    fitted = Preprocessor.fit(frame, features, {}, registry)
+    assert fitted.state["features"]["timestamp"] == {"type": "weekday", "utc_offset": 2}
+    assert fitted.field_infos()["timestamp"].cardinality == 9
+    # 22:13 UTC is the next day at UTC+2: Wednesday, Tuesday, missing (id 1), Monday (id 2).
+    ids = fitted.transform(frame, registry, with_labels=False).features["timestamp"].tolist()
+    assert ids == [4, 3, 1, 2]
+    serving = FeatureEncoder({"timestamp": {**fitted.state["features"]["timestamp"],
+                                            "implementation": "fusionrec_example_plugin.features:Weekday"}})
+    assert serving({"timestamp": times})["timestamp"].tolist() == ids
+    with pytest.raises(RequestError, match="field 'timestamp': row 1: expected a time in seconds"):
+        serving({"timestamp": [TUESDAY, "tuesday"]})
+    with pytest.raises(FeatureValueError):
+        Weekday("timestamp", {"utc_offset": 0}).transform([float("inf")])
+    with pytest.raises(ConfigError, match=r"data\.features\.timestamp\.utc_offset: expected hours"):
+        parse_features({"timestamp": {"type": "weekday", "utc_offset": 30}}, registry=registry)
 
 
 def test_bucketized_encoder_maps_values_to_buckets(example):
@@ -211,7 +239,8 @@ def test_fit_and_test_with_the_example_components(installed_plugin, cli_env, tmp
                 "generate": {"rows": 20000, "users": 500, "items": 300, "seed": 0},
                 "split": {"method": "time", "ratios": [0.8, 0.1, 0.1], "time_column": "timestamp"},
                 "features": {"user_id": {"type": "categorical"}, "item_id": {"type": "categorical"},
-                             "user_age": {"type": "numeric"}, "hour": {"type": "numeric"}},
+                             "user_age": {"type": "numeric"}, "hour": {"type": "numeric"},
+                             "timestamp": {"type": "weekday"}},  # the plugin's own feature type
                 "batch_size": 512,
             },
             "model": {
@@ -250,3 +279,26 @@ def test_fit_and_test_with_the_example_components(installed_plugin, cli_env, tmp
     assert {"test/clicks/deviance", "test/clicks/mae", "test/like/auc"} <= set(test)
     assert math.isfinite(test["test/clicks/deviance"]) and test["test/clicks/deviance"] >= 0
     assert 0 <= test["test/clicks/mae"] <= 1  # predicted rates vs 0/1 labels
+
+    # Exported and served: both runtimes import the weekday type by the implementation the manifest names.
+    bundle = tmp_path / "bundle"
+    _run(_fusionrec("export", "--ckpt", str(checkpoint), "--out", str(bundle)), cli_env)
+    script = f"""
+import json
+from fusionrec.serving import load, load_onnx
+for loader in (load, load_onnx):
+    served = loader({str(bundle)!r})
+    served.check()
+    rows = json.load(open({str(bundle / "golden.json")!r}))["inputs"]
+    print(json.dumps({{"implementation": served.manifest["preprocessing"]["timestamp"]["implementation"],
+                       "days": served.encode(rows)["timestamp"].tolist(),
+                       "clicks": served.score(rows)["clicks"].tolist()}}))
+"""
+    lines = _run([sys.executable, "-c", script], cli_env).stdout.strip().splitlines()[-2:]
+    golden_times = json.loads((bundle / "golden.json").read_text())["inputs"]["timestamp"]
+    for line in lines:
+        served = json.loads(line)
+        assert served["implementation"] == "fusionrec_example_plugin.features:Weekday"
+        assert served["days"][-1] == 1 and golden_times[-1] is None  # a missing time
+        assert all(2 <= day <= 8 for day in served["days"][:-1])
+        assert all(math.isfinite(rate) and rate > 0 for rate in served["clicks"])

@@ -114,14 +114,14 @@ def _registry() -> Any:
 
 
 def components_table() -> str:
-    from fusionrec.data.schema import FEATURE_TYPES
-    from fusionrec.models.multitask import default_encoder
-
     defaults = {}
-    for feature_type in FEATURE_TYPES:
-        defaults.setdefault(default_encoder(feature_type), []).append(feature_type)
+    for name, component in _registry().components["feature_types"].items():
+        defaults.setdefault(component.factory.default_encoder, []).append(name)
     parts = []
     for slot, components in _registry().components.items():
+        if slot == "feature_types":
+            parts.append("## Feature types\n\n" + feature_types_table())
+            continue
         rows = ["| name | plugin | what it is | options |", "|---|---|---|---|"]
         for name, component in components.items():
             summary = _summary(component.factory)
@@ -156,13 +156,12 @@ def components_summary() -> str:
 
 
 def feature_types_table() -> str:
-    from fusionrec.data.schema import FEATURE_TYPES
-    from fusionrec.models.multitask import default_encoder
-
-    rows = ["| type | options (defaults) | default encoder |", "|---|---|---|"]
-    for feature_type, options in FEATURE_TYPES.items():
-        listed = ", ".join(f"`{name}` = `{_default(value)}`" for name, value in options.items()) or "none"
-        rows.append(f"| `{feature_type}` | {_cell(listed)} | `{default_encoder(feature_type)}` |")
+    rows = ["| type | plugin | options (defaults) | a null means | default encoder |", "|---|---|---|---|---|"]
+    for name, component in _registry().components["feature_types"].items():
+        kind = component.factory
+        listed = ", ".join(f"`{option}` = `{_default(value)}`" for option, value in kind.options.items()) or "none"
+        rows.append(f"| `{name}` | `{component.plugin}` | {_cell(listed)} | {_cell(kind.null_means)} | "
+                    f"`{kind.default_encoder}` |")
     return "\n".join(rows)
 
 

@@ -19,6 +19,27 @@ hookimpl = pluggy.HookimplMarker("fusionrec")
 
 
 # --------------------------------------------------------------------------------------------
+# Feature types
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_feature_types() -> dict[str, type]:
+    """Register feature types: ``{name: FeatureType subclass}``, each class's ``type_name`` equal to
+    its name.
+
+    A feature type is what ``data.features.<column>.type`` names: it owns the column's options and
+    their defaults, what fitting on the training split learns (partial fits that merge, for streaming
+    and DDP), the one numpy ``transform`` from raw values to the model's input arrays that training,
+    export and both serving runtimes call, what a null means, how a request's value is checked, and
+    the field's entry in a bundle's manifest (:class:`fusionrec.features.FeatureType`). Its module must
+    import with numpy alone: a scoring service imports it by the ``implementation`` its bundle records.
+    Built in: ``categorical``, ``multi_categorical``, ``numeric``, ``vector``, ``text``, ``image``,
+    ``audio``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
 # Feature encoders
 # --------------------------------------------------------------------------------------------
 

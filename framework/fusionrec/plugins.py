@@ -24,7 +24,7 @@ from fusionrec.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "fusionrec"
 BUILTIN_DISTRIBUTION = "fusionrec"
-SLOTS = ("encoders", "fusions", "trunks", "heads", "balancers")
+SLOTS = ("feature_types", "encoders", "fusions", "trunks", "heads", "balancers")
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,13 @@ class Registry:
             for impl in hook.get_hookimpls():
                 distribution, version = distributions.get(impl.plugin_name, ("(registered in code)", ""))
                 for name, factory in (impl.function() or {}).items():
+                    if slot == "feature_types" and getattr(factory, "type_name", None) != name:
+                        raise PluginError(
+                            f"feature type '{name}' of plugin '{impl.plugin_name}' ({distribution}) is a class "
+                            f"whose type_name is {getattr(factory, 'type_name', None)!r}; the two must be equal")
                     if name in found:
                         raise PluginError(
-                            f"{slot[:-1]} '{name}' is registered by two plugins: "
+                            f"{slot[:-1].replace('_', ' ')} '{name}' is registered by two plugins: "
                             f"'{found[name].plugin}' ({found[name].distribution}) and "
                             f"'{impl.plugin_name}' ({distribution}); uninstall or rename one"
                         )
@@ -70,7 +74,7 @@ class Registry:
         choices = self.components[slot]
         if name not in choices:
             raise ConfigError(
-                f"{key}: unknown {slot[:-1]} '{name}'; available: {', '.join(choices) or '(none installed)'}"
+                f"{key}: unknown {slot[:-1].replace('_', ' ')} '{name}'; available: {', '.join(choices) or '(none installed)'}"
             )
         return choices[name]
 

@@ -4,45 +4,35 @@ scratch) and ``audio_pretrained`` (a torchaudio wav2vec2-style bundle)."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
-from fusionrec.serving.content import SPEC_VERSION, waveform
+from fusionrec.serving.content import AudioPreparer
 from fusionrec_media.base import MediaEncoder
 
 
 class AudioEncoder(MediaEncoder):
-    """Shared preprocessing (:func:`fusionrec.serving.content.waveform`, shared with exported bundles):
-    decode with soundfile, mix to mono, resample to ``sample_rate``, then centre-crop or zero-pad to
-    ``duration`` seconds: ``prepare -> {"waveform": [U, samples]}``."""
+    """Shared preprocessing (:class:`fusionrec.serving.content.AudioPreparer`, shared with exported
+    bundles): decode with soundfile, mix to mono, resample to ``sample_rate``, then centre-crop or
+    zero-pad to ``duration`` seconds: ``prepare -> {"waveform": [U, samples]}``. Subclasses call
+    ``set_timing`` before ``attach_backbone``."""
 
     sample_rate: int
     duration: float
+
+    def set_timing(self, sample_rate: int, duration: float) -> None:
+        self.sample_rate, self.duration = sample_rate, duration
+        self.preparer = AudioPreparer(sample_rate, self.num_samples)
 
     @property
     def num_samples(self) -> int:
         return round(self.sample_rate * self.duration)
 
-    def prepare(self, contents: list) -> dict[str, Any]:
-        waves, present, problems = self.collect(contents, self.read_waveform)
-        waves = [wave if wave is not None else torch.zeros(self.num_samples) for wave in waves]
-        return {"waveform": torch.stack(waves) if waves else torch.zeros(0, self.num_samples),
-                "present": present, "problems": problems}
-
-    def read_waveform(self, content: Any) -> Tensor:
-        return torch.from_numpy(waveform(content, self.sample_rate, self.num_samples))
-
     def preprocessing(self) -> dict:
         return {"sample_rate": self.sample_rate, "duration": self.duration}
-
-    def serving_spec(self, assets: Path) -> dict:
-        return {"kind": "audio", "version": SPEC_VERSION, "sample_rate": self.sample_rate,
-                "num_samples": self.num_samples}
 
 
 class CnnAudioEncoder(AudioEncoder):
@@ -66,7 +56,8 @@ class CnnAudioEncoder(AudioEncoder):
 
         if channels < 4:
             raise ConfigError(f"{self.key}.channels: expected at least 4, got {channels}")
-        self.sample_rate, self.duration, self.n_mels = sample_rate, duration, n_mels
+        self.set_timing(sample_rate, duration)
+        self.n_mels = n_mels
         widths = [1, channels // 4, channels // 2, channels]
         blocks = nn.Sequential(*(conv_block(c_in, c_out) for c_in, c_out in zip(widths, widths[1:])))
         backbone = nn.Sequential(OrderedDict(
@@ -123,7 +114,8 @@ class PretrainedAudioEncoder(AudioEncoder):
             raise ConfigError(f"{self.key}.bundle: the weights of torchaudio bundle {bundle!r} could not be "
                               f"loaded ({type(error).__name__}: {error}); put the file in "
                               f"torch.hub.get_dir()/checkpoints to load it offline") from error
-        self.bundle, self.sample_rate, self.duration = bundle, int(found.sample_rate), duration
+        self.bundle = bundle
+        self.set_timing(int(found.sample_rate), duration)
         with torch.no_grad():  # the feature width, read off the model rather than its private params
             width = network.extract_features(torch.zeros(1, self.sample_rate // 10))[0][-1].shape[-1]
         self.attach_backbone(network, width, transformer_layers(network))

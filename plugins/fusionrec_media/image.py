@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
-from fusionrec.serving.content import SPEC_VERSION, image_pixels
+from fusionrec.serving.content import ImagePreparer
 from fusionrec_media.base import MediaEncoder
 from fusionrec_media.freezing import longest_module_list
 
@@ -24,7 +21,7 @@ class ImageEncoder(MediaEncoder):
     classifier: resnet ``fc``, mobilenet/efficientnet/convnext ``classifier[-1]``, vit
     ``heads.head``) replaced by ``nn.Identity``: image paths ``-> [U, dim]``.
 
-    Preprocessing (:func:`fusionrec.serving.content.image_pixels`, shared with exported bundles): resize
+    Preprocessing (:class:`fusionrec.serving.content.ImagePreparer`, shared with exported bundles): resize
     the short side (bilinear), centre-crop a square, scale to [0, 1] and normalise. With ``weights``
     (``DEFAULT``, ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``) the sizes, mean and std are
     the weights' own (e.g. 256 then 224) and ``image_size``/``mean``/``std`` are ignored; without,
@@ -59,28 +56,16 @@ class ImageEncoder(MediaEncoder):
         else:
             self.resize = self.crop = image_size
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.preparer = ImagePreparer(self.resize, self.crop, self.mean, self.std)
         self.backbone_name = backbone
         self.weights = str(weight) if weight is not None else None  # DEFAULT resolved to the real name
         self.attach_backbone(network, width, feature_blocks(network))
-
-    def prepare(self, contents: list) -> dict[str, Any]:
-        images, present, problems = self.collect(contents, self.read_image)
-        pixels = [image if image is not None else torch.zeros(3, self.crop, self.crop) for image in images]
-        return {"pixels": torch.stack(pixels) if pixels else torch.zeros(0, 3, self.crop, self.crop),
-                "present": present, "problems": problems}
-
-    def read_image(self, content: Any) -> Tensor:
-        return torch.from_numpy(image_pixels(content, self.resize, self.crop, self.mean, self.std))
 
     def extract(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.backbone(inputs["pixels"])
 
     def preprocessing(self) -> dict:
         return {"backbone": self.backbone_name, "weights": self.weights, "resize": self.resize, "crop": self.crop,
-                "mean": self.mean, "std": self.std}
-
-    def serving_spec(self, assets: Path) -> dict:
-        return {"kind": "image", "version": SPEC_VERSION, "resize": self.resize, "crop": self.crop,
                 "mean": self.mean, "std": self.std}
 
 

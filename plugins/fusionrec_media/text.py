@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.errors import ConfigError
-from fusionrec.serving.content import SPEC_VERSION
-from fusionrec_media.base import MediaEncoder, MediaProblem
+from fusionrec.serving.content import TextPreparer
+from fusionrec_media.base import MediaEncoder
 from fusionrec_media.freezing import longest_module_list
 
 POOLINGS = ("cls", "mean")
@@ -23,6 +22,9 @@ class TextEncoder(MediaEncoder):
     ``list[str] -> [U, dim]``.
 
     ``pooling``: ``mean`` (over real tokens, by the attention mask) or ``cls`` (the first token).
+    Texts are tokenised by the tokenizer's fast (``tokenizers``) backend with its padding and
+    truncation settings, the very preparation an exported bundle runs from its ``tokenizer.json``;
+    a checkpoint whose tokenizer has no fast version is refused.
     ``finetune_top`` counts transformer layers: the model's longest ``nn.ModuleList``
     (BERT's ``encoder.layer``); modules after it (a final norm, the pooler) train with them.
     Encoder-only checkpoints (BERT, RoBERTa, DistilBERT, MiniLM, ...) are the intended use.
@@ -47,18 +49,18 @@ class TextEncoder(MediaEncoder):
         except Exception as error:  # a missing directory, an unknown hub id, no network, a bad config...
             raise ConfigError(f"{self.key}.model: cannot load Hugging Face checkpoint {model!r}: "
                               f"{type(error).__name__}: {error}") from error
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"{self.key}.model: the tokenizer of {model!r} has no fast (tokenizers) version, "
+                              f"which fusionrec prepares text with")
+        if self.tokenizer.pad_token_id is None:
+            raise ConfigError(f"{self.key}.model: the tokenizer of {model!r} has no padding token")
+        self.preparer = TextPreparer(backend, max_length, self.tokenizer.pad_token_id, self.tokenizer.pad_token,
+                                     self.tokenizer.padding_side, self.tokenizer.truncation_side)
         self.model = model
         self.max_length = max_length
         self.pooling = pooling
         self.attach_backbone(backbone, backbone.config.hidden_size, longest_module_list(backbone))
-
-    def prepare(self, contents: list) -> dict[str, Any]:
-        texts, present, problems = self.collect(contents, read_text)
-        # A missing text is tokenised as "" ([CLS] [SEP]): a valid input whose features encode() zeroes.
-        tokens = self.tokenizer([text or "" for text in texts], padding="longest", truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
-                "present": present, "problems": problems}
 
     def extract(self, inputs: dict[str, Tensor]) -> Tensor:
         mask = inputs["attention_mask"]
@@ -67,18 +69,6 @@ class TextEncoder(MediaEncoder):
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-
-    def serving_spec(self, assets: Path) -> dict:
-        """The tokenizer as a ``tokenizer.json`` (the ``tokenizers`` package reads it without transformers)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise NotImplementedError(f"{self.key}: the tokenizer of {self.model!r} has no fast (tokenizers) "
-                                      f"version, which an exported bundle needs")
-        assets.mkdir(parents=True, exist_ok=True)
-        backend.save(str(assets / "tokenizer.json"))
-        return {"kind": "text", "version": SPEC_VERSION, "tokenizer": "tokenizer.json", "max_length": self.max_length,
-                "pad_id": self.tokenizer.pad_token_id, "pad_token": self.tokenizer.pad_token,
-                "padding_side": self.tokenizer.padding_side}
 
     def preprocessing(self) -> dict:
         return {"model": self.model, "max_length": self.max_length, "pooling": self.pooling,
@@ -89,11 +79,3 @@ def vocab_sha256(tokenizer: Any) -> str:
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
     return hashlib.sha256(vocab.encode()).hexdigest()
 
-
-def read_text(content: Any) -> str:
-    if content is None or (isinstance(content, float) and content != content):  # None or NaN
-        raise MediaProblem("no text")
-    text = str(content)
-    if not text.strip():
-        raise MediaProblem("empty text")
-    return text

@@ -21,6 +21,9 @@ class CategoricalEncoder(FieldEncoder):
         self.embedding = nn.Embedding(field.cardinality, dim)
         nn.init.normal_(self.embedding.weight, std=EMBEDDING_INIT_STD)
 
+    def id_embedding(self) -> nn.Embedding:
+        return self.embedding
+
     def forward(self, ids: Tensor) -> Tensor:
         return self.embedding(ids)
 

@@ -30,5 +30,10 @@ class FieldEncoder(nn.Module):
         unless an encoder knows a better one for its field."""
         return embedding_dim
 
+    def id_embedding(self) -> nn.Embedding | None:
+        """The table mapping the field's ids to vectors, when the encoder has one: a sequence sharing
+        the field's vocabulary embeds its elements with it (:class:`SequenceEncoder`)."""
+        return None
+
     def forward(self, values: Tensor) -> Tensor:
         raise NotImplementedError

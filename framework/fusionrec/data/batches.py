@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -11,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from fusionrec.data.media import MediaBatch, MediaColumn
+
+if TYPE_CHECKING:
+    from fusionrec.data.history import HistoryColumn
 
 
 @dataclass
@@ -47,13 +51,17 @@ class TensorTable(Dataset):
 
     ``groups`` (``[N]`` or None): the group of each row, rows of a group next to each other
     (see :class:`GroupedBatchIndices`); gathered into ``Batch.groups``.
+    ``lazy``: columns too large to hold whole, each gathering a batch's tensor with ``batch(index)``
+    (histories built from the log, :class:`fusionrec.data.history.HistoryColumn`).
     """
 
     def __init__(self, features: dict[str, Tensor], labels: dict[str, Tensor], num_rows: int,
-                 media: dict[str, MediaColumn] | None = None, groups: Tensor | None = None):
+                 media: dict[str, MediaColumn] | None = None, groups: Tensor | None = None,
+                 lazy: dict[str, HistoryColumn] | None = None):
         self.features, self.labels, self.num_rows = features, labels, num_rows
         self.media = media or {}
         self.groups = groups
+        self.lazy = lazy or {}
 
     def __len__(self) -> int:
         return self.num_rows
@@ -64,6 +72,7 @@ class TensorTable(Dataset):
         # same gather, and far slower again when other processes compete for the cores.
         features: dict[str, Tensor | MediaBatch] = {k: v.index_select(0, index) for k, v in self.features.items()}
         features.update({k: column.batch(index) for k, column in self.media.items()})
+        features.update({k: column.batch(index) for k, column in self.lazy.items()})
         groups = None if self.groups is None else self.groups.index_select(0, index)
         return Batch(features, {k: v.index_select(0, index) for k, v in self.labels.items()}, index, groups)
 

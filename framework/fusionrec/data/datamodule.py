@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusionrec.components.options import NonNegativeFloat, NonNegativeInt, PositiveInt
 from fusionrec.data.batches import TensorTable, batch_loader
-from fusionrec.data.media import MEDIA_TYPES
+from fusionrec.data.history import build_histories, history_columns
 from fusionrec.data.negatives import ItemCatalogue, NegativeSampledTable, mark_positives, parse_negatives
 from fusionrec.data.preprocessing import Preprocessor
 from fusionrec.data.reading import join_side_tables, read_table, require_columns, split_table
@@ -74,6 +74,9 @@ class MultiTaskDataModule(LightningDataModule):
         self.feature_specs = parse_features({**features, **({scenario: {"type": "categorical"}}
                                                             if scenario and scenario not in features else {})})
         self.task_specs = parse_tasks(tasks, self.registry)
+        # Features built from the log (histories) instead of read from a column of their name.
+        self.built = {name: kind for name, spec in self.feature_specs.items()
+                      if (kind := spec.feature_type(name, spec.options)).built}
         if group and negatives:
             raise ConfigError("data: give data.group (groups in the data) or data.negatives (a group per "
                               "positive), not both")
@@ -142,7 +145,13 @@ class MultiTaskDataModule(LightningDataModule):
             splits["predict"] = self._read(hp.predict, "data.predict")
         negatives = self.negative_spec
         for name, frame in splits.items():
-            needed = {column: f"data.features.{column}" for column in self.feature_specs}
+            needed = {column: f"data.features.{column}" for column in self.feature_specs if column not in self.built}
+            for feature, kind in self.built.items():  # a predict file's rows are scored, not events
+                needed.update(history_columns(kind, f"data.features.{feature}", events=name != "predict"))
+                if feature in frame.columns:
+                    raise DataError(f"data.features.{feature}.history: the feature is built from the log, but "
+                                    f"{frame.attrs.get('source')} has a column '{feature}' too; rename the feature, "
+                                    f"or drop history to read the column")
             if name != "predict":
                 if hp.group:
                     needed[hp.group] = "data.group"
@@ -172,7 +181,11 @@ class MultiTaskDataModule(LightningDataModule):
             if getattr(self.hparams, key):
                 raise ConfigError(f"data.{key}: not available with data.streaming ({reason}); load the data in "
                                   f"memory with data.path or data.train instead")
-        media = [name for name, spec in self.feature_specs.items() if spec.type in MEDIA_TYPES]
+        if self.built:
+            raise ConfigError(f"data.features.{next(iter(self.built))}.history: not available with data.streaming "
+                              f"(a history is built from the whole log in time order); load the data in memory "
+                              f"with data.path or data.train, or read the sequence from a column")
+        media = [name for name, spec in self.feature_specs.items() if spec.feature_type.content]
         if media:
             raise ConfigError(f"data.features.{media[0]}: {self.feature_specs[media[0]].type} fields are not "
                               f"available with data.streaming (their items are encoded once per split)")
@@ -231,6 +244,10 @@ class MultiTaskDataModule(LightningDataModule):
                        for name, frame in self.splits.items()}
         for name, split_groups in groups.items():
             self.tables[name].groups = split_groups
+        for feature, kind in self.preprocessor.types.items():
+            if kind.built:  # from every split at once: a row's history holds earlier events of any split
+                for name, column in build_histories(self.splits, kind, f"data.features.{feature}").items():
+                    self.tables[name].lazy[feature] = column
         self.sampled = self._with_negatives() if self.negative_spec else {}
 
     def _fit_preprocessing(self) -> Preprocessor:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-OUT_OF_VOCABULARY, RESERVED = 1, 2  # the reserved ids of fusionrec.data.preprocessing
+from fusionrec.features.base import OUT_OF_VOCABULARY, RESERVED
 
 
 def hash_bucket(token: str, buckets: int) -> int:

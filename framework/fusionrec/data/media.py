@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-MEDIA_TYPES = ("text", "image", "audio")
-
+from fusionrec.features.base import FeatureType
 
 @dataclass
 class MediaBatch:
@@ -79,17 +77,8 @@ class MediaColumn:
         return MediaBatch(prepared, present, inverse, problems)
 
 
-def media_column(values: pd.Series, kind: str, root: str | None) -> MediaColumn:
-    """Texts as they are (empty -> none); file paths resolved against ``root`` when relative."""
-    def content(value: Any) -> str | None:
-        if value is None or (isinstance(value, float) and value != value):
-            return None
-        text = str(value).strip()
-        if not text:
-            return None
-        if kind != "text" and root is not None and not Path(text).is_absolute():
-            return str(Path(root) / text)
-        return text
-
-    codes, uniques = pd.factorize(values.map(content), use_na_sentinel=True)
+def media_column(values: pd.Series, kind: FeatureType) -> MediaColumn:
+    """The column's items as its content type reads them (``kind.contents``), each distinct item once."""
+    codes, uniques = pd.factorize(pd.Series(kind.contents(values.astype(object).where(values.notna(), None).to_numpy()), dtype=object),
+                                  use_na_sentinel=True)
     return MediaColumn(torch.from_numpy(codes.astype("int64")), [str(u) for u in uniques])

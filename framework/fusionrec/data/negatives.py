@@ -19,10 +19,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fusionrec.data.batches import Batch, TensorTable
-from fusionrec.data.media import MEDIA_TYPES
-from fusionrec.data.preprocessing import _tokens
+from fusionrec.data.preprocessing import column_values
 from fusionrec.data.schema import FeatureSpec, TaskSpec
 from fusionrec.errors import ConfigError, DataError
+from fusionrec.features.values import distinct
 
 KEY = "data.negatives"
 SAMPLERS = ("uniform", "popularity")
@@ -67,7 +67,7 @@ def parse_negatives(config: Any, tasks: dict[str, TaskSpec], features: dict[str,
     for column in item_features:
         if column not in features:
             raise ConfigError(f"{KEY}.item_features: {column!r} is not a column of data.features")
-    media = [name for name, spec in features.items() if spec.type in MEDIA_TYPES]
+    media = [name for name, spec in features.items() if spec.feature_type.content]
     if media:
         raise ConfigError(f"{KEY}: media features ({', '.join(media)}) cannot be combined with sampled "
                           f"negatives yet; drop them or the negatives")
@@ -88,8 +88,9 @@ def mark_positives(frame: pd.DataFrame, label: str, spec: NegativeSpec) -> pd.Da
 
 
 def _ids(values: pd.Series) -> np.ndarray:
-    """Ids as the preprocessing reads them: strings, so 7, 7.0 and '7' are one id."""
-    return _tokens(values).to_numpy()
+    """Ids as the feature types read them (their tokens: 7, 7.0 and '7' are one id), None where missing."""
+    codes, tokens = distinct(column_values(values))
+    return np.array([*tokens, None], dtype=object)[codes]
 
 
 class ItemCatalogue:

@@ -1,88 +1,69 @@
-"""Fitted preprocessing: vocabularies and numeric statistics learned on the training split.
+"""Fitted preprocessing: what each feature type learned on the training split, and the labels' state.
 
 The fitted state is plain data (lists, dicts, numbers), so it travels inside checkpoints and
-export bundles. Every transform is columnar: whole columns go through pandas/numpy at once.
+export bundles. Every column goes through its feature type (:mod:`fusionrec.features`) as one numpy
+array: the very ``transform`` a bundle's scoring service calls.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fusionrec.components.encoder import FieldInfo
 from fusionrec.data.batches import TensorTable
-from fusionrec.data.hashing import hashed_ids
-from fusionrec.data.media import MEDIA_TYPES, media_column
+from fusionrec.data.media import media_column
 from fusionrec.data.schema import FeatureSpec, TaskSpec
 from fusionrec.errors import DataError, describe_value
-from fusionrec.plugins import Registry
+from fusionrec.features.base import (OUT_OF_VOCABULARY, PADDING, RESERVED, FeatureType,  # noqa: F401 (re-exported)
+                                     FeatureValueError, FieldInfo)
+from fusionrec.plugins import Registry, get_registry
 
-PADDING, OUT_OF_VOCABULARY = 0, 1  # reserved ids of every vocabulary; tokens start at 2
-RESERVED = 2
+Result = TypeVar("Result")
 
 
 def _where(frame: pd.DataFrame, column: str) -> str:
     return f"{frame.attrs.get('source', 'data')}, column '{column}'"
 
 
-def _tokens(values: pd.Series) -> pd.Series:
-    """Ids as strings, so 7, 7.0 read from different files and '7' map to one token."""
-    if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
-        values = values.astype("Int64")
-    return values.astype("string")
+def column_values(values: pd.Series) -> np.ndarray:
+    """A column as its feature type takes it: a numpy array, nulls as None (or NaN in a float array)."""
+    if isinstance(values.dtype, pd.api.extensions.ExtensionDtype) and not isinstance(values.dtype, pd.CategoricalDtype):
+        if values.dtype.kind in "iufb" and not values.hasnans:
+            return values.to_numpy(dtype=values.dtype.numpy_dtype)
+        return values.to_numpy(dtype=object, na_value=None)
+    return values.to_numpy()
 
 
-def _split_multi(values: pd.Series, separator: str) -> pd.Series:
-    """Each cell as a list of tokens: a separated string or an existing list/array."""
-    sample = values.dropna()
-    if len(sample) and not isinstance(sample.iloc[0], str):
-        return values.map(lambda cell: [] if cell is None or (np.ndim(cell) == 0 and pd.isna(cell)) else list(cell))
-    return values.fillna("").astype(str).str.split(separator).map(lambda parts: [p for p in parts if p])
+def applied(function: Callable[[], Result], where: str, index: pd.Index | None = None) -> Result:
+    """``function()``, a FeatureValueError turned into a DataError naming ``where`` and the file's row
+    (``index``: the frame's, which numbers rows as the file does)."""
+    try:
+        return function()
+    except FeatureValueError as error:
+        if error.row is None:
+            raise DataError(f"{where}: {error.message}") from None
+        row = error.row if index is None else index[error.row]
+        more = f" ({error.count} such rows)" if error.count > 1 else ""
+        raise DataError(f"{where}: row {row}: {error.message}{more}") from None
 
 
-def _vocabulary(counts: pd.Series, min_count: int, max_size: int | None) -> list[str]:
-    """Tokens by descending count (ties by token), from ``{token: count}``."""
-    counts = counts[counts >= min_count]
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [token for token, _ in ordered[:max_size]]
-
-
-def _lookup(tokens: pd.Series | np.ndarray, vocabulary: pd.Index) -> np.ndarray:
-    positions = vocabulary.get_indexer(pd.Series(tokens, dtype="string"))
-    return np.where(positions < 0, OUT_OF_VOCABULARY, positions + RESERVED).astype(np.int64)
-
-
-def _hashed(tokens: pd.Series, buckets: int) -> np.ndarray:
-    """Ids by the hashing trick (:mod:`fusionrec.data.hashing`), each distinct token hashed once."""
-    codes, distinct = pd.factorize(tokens)
-    # A missing value's code, -1, picks the out-of-vocabulary id appended last.
-    return np.append(hashed_ids(distinct.tolist(), buckets), OUT_OF_VOCABULARY)[codes]
-
-
-def _add_counts(counts: list[pd.Series]) -> pd.Series:
-    return counts[0] if len(counts) == 1 else pd.concat(counts).groupby(level=0, sort=False).sum()
-
-
-def _numbers(values: pd.Series, where: str, na_values: list[str]) -> np.ndarray:
-    if len(na_values):
-        values = values.mask(values.astype("string").isin(na_values))
-    numbers = pd.to_numeric(values, errors="coerce")
-    wrong = numbers.isna() & values.notna()
-    if wrong.any():
-        position = int(np.flatnonzero(wrong.to_numpy())[0])
-        raise DataError(f"{where}: numeric column holds a non-number, {describe_value(values, position)} "
-                        f"({int(wrong.sum())} such row(s))")
-    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-    # "inf", or "1e400", which overflows float64: not a value, and missing would hide the row.
-    infinite = np.isinf(numbers)
-    if infinite.any():
-        position = int(np.flatnonzero(infinite)[0])
-        raise DataError(f"{where}: numeric column holds an infinite value or one beyond float64, "
-                        f"{describe_value(values, position)} ({int(infinite.sum())} such row(s))")
-    return numbers
+def feature_types(state: Mapping[str, Mapping[str, Any]], classes: Mapping[str, type[FeatureType]] | None = None
+                  ) -> dict[str, FeatureType]:
+    """Each feature's type rebuilt from its fitted state, linked; its class from ``classes`` (by
+    column), else the one the installed plugins register under the state's ``type``."""
+    classes = dict(classes or {})
+    for name, entry in state.items():
+        if name not in classes:
+            classes[name] = get_registry().get("feature_types", entry["type"],
+                                               f"preprocessing.features.{name}.type").factory
+    types = {name: classes[name](name, entry) for name, entry in state.items()}
+    for kind in types.values():
+        kind.link(types)
+    return types
 
 
 class Preprocessor:
@@ -92,12 +73,10 @@ class Preprocessor:
     (``scenario``: the categorical feature naming each row's scenario, or None).
     """
 
-    def __init__(self, state: dict[str, Any]):
+    def __init__(self, state: dict[str, Any], classes: Mapping[str, type[FeatureType]] | None = None):
         self.state = state
-        # Each vocabulary's lookup table, built once: streamed data is encoded a batch at a time, and
-        # rebuilding a 50k-id table took 10 ms a batch.
-        self.vocabularies = {name: pd.Index(entry["vocabulary"], dtype="string")
-                             for name, entry in state["features"].items() if "vocabulary" in entry}
+        # Each type's lookup tables are built once: streamed data is encoded a batch at a time.
+        self.types = feature_types(state["features"], classes)
 
     # --- fitting ---
 
@@ -111,27 +90,21 @@ class Preprocessor:
     # --- applying ---
 
     def field_infos(self) -> dict[str, FieldInfo]:
-        infos = {}
-        for name, entry in self.state["features"].items():
-            if "hash_buckets" in entry:
-                infos[name] = FieldInfo(name, "categorical", cardinality=entry["hash_buckets"] + RESERVED)
-            elif entry["type"] in ("categorical", "multi_categorical"):
-                infos[name] = FieldInfo(name, entry["type"], cardinality=len(entry["vocabulary"]) + RESERVED,
-                                        width=entry.get("max_length", 1))
-            elif entry["type"] == "vector":
-                infos[name] = FieldInfo(name, "vector", width=entry["width"])
-            elif entry["type"] in MEDIA_TYPES:
-                infos[name] = FieldInfo(name, entry["type"], extra={"strict": entry.get("strict", False)})
-            else:
-                infos[name] = FieldInfo(name, entry["type"], width=2)
-        return infos
+        return {name: kind.field_info() for name, kind in self.types.items()}
 
     def transform(self, frame: pd.DataFrame, registry: Registry, with_labels: bool = True) -> TensorTable:
-        features = {name: self._transform_feature(frame[name], entry, _where(frame, name),
-                                                  self.vocabularies.get(name))
-                    for name, entry in self.state["features"].items() if entry["type"] not in MEDIA_TYPES}
-        media = {name: media_column(frame[name], entry["type"], entry.get("root"))
-                 for name, entry in self.state["features"].items() if entry["type"] in MEDIA_TYPES}
+        features, media = {}, {}
+        for name, kind in self.types.items():
+            if kind.built and name not in frame.columns:
+                # The data module gathers it per batch from the log (fusionrec.data.history); a table that
+                # has the column (recommend's users, each history a list) is read as it is.
+                continue
+            if kind.content:
+                media[name] = media_column(frame[name], kind)
+            else:
+                values = column_values(frame[name])
+                features[name] = torch.from_numpy(applied(lambda: kind.transform(values), _where(frame, name),
+                                                          frame.index))
         labels = {}
         if with_labels:
             for name, task in self.state["tasks"].items():
@@ -155,140 +128,47 @@ class Preprocessor:
                             f"the parent task '{parent}' (column '{parent_column}') is 0, in {int(orphans.sum())} "
                             f"row(s); a conditional label counts the rows where both events happened")
 
-    @staticmethod
-    def _transform_feature(values: pd.Series, entry: dict[str, Any], where: str,
-                           vocabulary: pd.Index | None) -> torch.Tensor:
-        kind = entry["type"]
-        if kind == "categorical" and "hash_buckets" in entry:
-            return torch.from_numpy(_hashed(_tokens(values), entry["hash_buckets"]))
-        if kind == "categorical":
-            return torch.from_numpy(_lookup(_tokens(values), vocabulary))
-        if kind == "multi_categorical":
-            lists = _split_multi(values, entry["separator"])
-            lengths = lists.map(len).to_numpy()
-            flat = _lookup(_tokens(lists.explode().dropna()), vocabulary) if lengths.sum() else np.array([], np.int64)
-            rows = np.repeat(np.arange(len(lists)), lengths)
-            positions = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            keep = positions < entry["max_length"]
-            padded = np.full((len(lists), entry["max_length"]), PADDING, dtype=np.int64)
-            padded[rows[keep], positions[keep]] = flat[keep]
-            return torch.from_numpy(padded)
-        if kind == "numeric":
-            numbers = _numbers(values, where, entry["na_values"])
-            missing = np.isnan(numbers)
-            with np.errstate(over="ignore"):
-                standardised = np.where(missing, 0.0, (numbers - entry["mean"]) / entry["std"]).astype(np.float32)
-            if np.isinf(standardised).any():
-                position = int(np.flatnonzero(np.isinf(standardised))[0])
-                raise DataError(f"{where}: {describe_value(values, position)} is too far from the training mean "
-                                f"({entry['mean']:g}, standard deviation {entry['std']:g}) to standardise in float32")
-            return torch.from_numpy(np.stack([standardised, missing.astype(np.float32)], axis=1))
-        if kind == "vector":
-            return torch.from_numpy(_stack_vectors(values, entry["width"], where))
-        raise DataError(f"{where}: unknown feature type {kind!r}")
-
 
 class IncrementalFit:
     """:meth:`Preprocessor.fit` one chunk of rows at a time, for data read in pieces
     (:mod:`fusionrec.data.streaming`); over a single chunk it is exactly ``Preprocessor.fit``.
 
-    Id counts add up across chunks (memory: one count per distinct id; ``hash_buckets`` fields
-    count nothing), numeric moments merge (Chan et al.'s pairwise update), and a vector's width
-    comes from its first value. The task label columns are kept (one value per row and task),
-    because each head fits its label state from a whole column (``fit_labels``).
+    Each feature type fits every chunk and merges the partial fits (id counts add up: memory is one
+    count per distinct id; numeric moments merge by Chan et al.'s pairwise update). The task label
+    columns are kept (one value per row and task), because each head fits its label state from a
+    whole column (``fit_labels``).
     """
 
-    # Chunks' id counts are added up every this many chunks: memory stays near one vocabulary
+    # Chunks' partial fits are merged every this many chunks: memory stays near one vocabulary
     # without an O(vocabulary) merge per chunk.
     MERGE_EVERY = 16
 
     def __init__(self, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec], registry: Registry,
                  scenario: str | None = None):
         self.features, self.tasks, self.registry, self.scenario = features, tasks, registry, scenario
-        self.counts: dict[str, list[pd.Series]] = {}
-        # count, mean / scale, (sum of squared deviations) / scale**2, and scale: a power of two, so
-        # that values near float64's limit do not overflow the squares, while dividing by it is exact
-        # and ordinary values get the very statistics np.std computes.
-        self.moments: dict[str, tuple[int, float, float, float]] = {}
-        self.widths: dict[str, int] = {}
+        self.types = {name: spec.feature_type(name, spec.options) for name, spec in features.items()}
+        for kind in self.types.values():
+            kind.link(self.types)
+        self.partials: dict[str, list[Any]] = {name: [] for name in features}
         self.labels: dict[str, list[pd.Series]] = {}
         self.where: dict[str, str] = {}  # column -> where its first chunk came from, for messages
 
     def update(self, frame: pd.DataFrame) -> None:
-        for name, spec in self.features.items():
-            values, where = frame[name], _where(frame, name)
+        for name, kind in self.types.items():
+            where = _where(frame, kind.fit_column)
             self.where.setdefault(name, where)
-            if spec.type == "categorical" and spec.options["hash_buckets"] is None:
-                self._count(name, _tokens(values))
-            elif spec.type == "multi_categorical":
-                self._count(name, _tokens(_split_multi(values, spec.options["separator"]).explode()))
-            elif spec.type == "numeric":
-                numbers = _numbers(values, where, [str(v) for v in spec.options["na_values"]])
-                self._add_moments(name, numbers[np.isfinite(numbers)])
-            elif spec.type == "vector" and name not in self.widths and values.notna().any():
-                self.widths[name] = int(np.shape(_first_present(values, where))[0])
+            values = column_values(frame[kind.fit_column])
+            partials = self.partials[name]
+            partials.append(applied(lambda: kind.fit(values), where, frame.index))
+            if len(partials) >= self.MERGE_EVERY:
+                self.partials[name] = [kind.merge(partials)]
         for column in dict.fromkeys(task.label for task in self.tasks.values()):
             self.where.setdefault(column, _where(frame, column))
             self.labels.setdefault(column, []).append(frame[column])
 
-    def _count(self, name: str, tokens: pd.Series) -> None:
-        counts = self.counts.setdefault(name, [])
-        counts.append(tokens.dropna().value_counts())
-        if len(counts) >= self.MERGE_EVERY:
-            self.counts[name] = [_add_counts(counts)]
-
-    def _add_moments(self, name: str, finite: np.ndarray) -> None:
-        if not len(finite):
-            return
-        # The largest magnitude, from 1 up, is brought into [1, 2) (frexp's exponent less one, as
-        # 2**1024 would overflow); smaller values are left as they are.
-        scale = 2.0 ** max(int(np.frexp(np.max(np.abs(finite)))[1]) - 1, 0)
-        finite = finite / scale
-        # np.std's own arithmetic, so that one chunk gives exactly the in-memory statistics.
-        count, mean = len(finite), float(finite.mean())
-        squares = float(np.sum(np.square(finite - mean)))
-        if name in self.moments:
-            before, before_mean, before_squares, before_scale = self.moments[name]
-            # Both in units of the larger scale.
-            larger = max(scale, before_scale)
-            mean, squares = mean * (scale / larger), squares * (scale / larger) ** 2
-            before_mean *= before_scale / larger
-            before_squares *= (before_scale / larger) ** 2
-            scale = larger
-            total = before + count
-            delta = mean - before_mean
-            mean = before_mean + delta * count / total
-            squares = before_squares + squares + delta * delta * before * count / total
-            count = total
-        self.moments[name] = (count, mean, squares, scale)
-
     def result(self) -> "Preprocessor":
-        fitted: dict[str, Any] = {}
-        for name, spec in self.features.items():
-            entry: dict[str, Any] = {"type": spec.type}
-            if spec.type == "categorical" and spec.options["hash_buckets"] is not None:
-                entry["hash_buckets"] = int(spec.options["hash_buckets"])
-            elif spec.type in ("categorical", "multi_categorical"):
-                counts = self.counts.get(name, [])
-                counts = _add_counts(counts) if counts else pd.Series([], dtype="int64")
-                entry["vocabulary"] = _vocabulary(counts, spec.options["min_count"], spec.options["max_size"])
-                if spec.type == "multi_categorical":
-                    entry["separator"] = spec.options["separator"]
-                    entry["max_length"] = int(spec.options["max_length"])
-            elif spec.type == "numeric":
-                entry["na_values"] = [str(v) for v in spec.options["na_values"]]
-                if name not in self.moments:
-                    raise DataError(f"{self.where[name]}: numeric column has no values in the training split")
-                count, mean, squares, scale = self.moments[name]
-                std = float(np.sqrt(squares / count)) * scale
-                entry.update(mean=mean * scale, std=std if std > 0 else 1.0)
-            elif spec.type == "vector":
-                if name not in self.widths:
-                    raise DataError(f"{self.where[name]}: vector column has no values")
-                entry["width"] = self.widths[name]
-            elif spec.type in MEDIA_TYPES:
-                entry.update(spec.options)  # nothing to fit: every item's content is read as it comes
-            fitted[name] = entry
+        fitted = {name: applied(lambda: kind.fitted(kind.merge(self.partials[name])), self.where.get(name, name))
+                  for name, kind in self.types.items()}
         labels = {}
         for name, task in self.tasks.items():
             head = self.registry.get("heads", task.head, f"model.tasks.{name}.head").factory
@@ -296,28 +176,5 @@ class IncrementalFit:
             column = parts[0] if len(parts) == 1 else pd.concat(parts)
             labels[name] = {"head": task.head, "label": task.label, "parent": task.parent,
                             "labels": head.fit_labels(column, self.where[task.label], task.options)}
-        return Preprocessor({"features": fitted, "tasks": labels, "scenario": self.scenario})
-
-
-def _first_present(values: pd.Series, where: str) -> Any:
-    present = values.dropna()
-    if not len(present):
-        raise DataError(f"{where}: vector column has no values")
-    return present.iloc[0]
-
-
-def _stack_vectors(values: pd.Series, width: int, where: str) -> np.ndarray:
-    """list<float> cells -> [N, width]; a missing cell becomes zeros, a wrong length is an error."""
-    out = np.zeros((len(values), width), dtype=np.float32)
-    present = values.notna().to_numpy()
-    cells = values[present]
-    lengths = cells.map(np.size).to_numpy()
-    if (lengths != width).any():
-        row = values.index[np.flatnonzero(present)[np.flatnonzero(lengths != width)[0]]]
-        raise DataError(f"{where}: vector at row {row} has {lengths[lengths != width][0]} values, expected {width}")
-    if len(cells):
-        try:
-            out[present] = np.stack(cells.to_numpy()).astype(np.float32)
-        except (TypeError, ValueError) as error:
-            raise DataError(f"{where}: vector column holds non-numeric values: {error}") from None
-    return out
+        return Preprocessor({"features": fitted, "tasks": labels, "scenario": self.scenario},
+                            {name: spec.feature_type for name, spec in self.features.items()})

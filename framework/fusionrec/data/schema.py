@@ -7,29 +7,18 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from fusionrec.errors import ConfigError
-from fusionrec.plugins import Registry, check_options
-
-# Feature type -> options it accepts, with defaults. The type also names its default encoder.
-FEATURE_TYPES: dict[str, dict[str, Any]] = {
-    # hash_buckets: hash ids into that many buckets instead of fitting a vocabulary (the hashing
-    # trick, fusionrec.data.hashing), for id columns too large for a table.
-    "categorical": {"min_count": 1, "max_size": None, "hash_buckets": None},
-    "numeric": {"na_values": []},  # na_values: strings that mean "missing", e.g. ["unknown", "-"]
-    "multi_categorical": {"separator": "|", "max_length": 16, "min_count": 1, "max_size": None},
-    "vector": {},
-    # Content read by an encoder plugin; ``root``: directory for relative file paths; ``strict``: an
-    # unreadable file stops training instead of counting as missing.
-    "text": {"strict": False},
-    "image": {"root": None, "strict": False},
-    "audio": {"root": None, "strict": False},
-}
+from fusionrec.features.base import FeatureType
+from fusionrec.plugins import Registry, check_options, get_registry
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
+    """A column's feature type (its registry name and class) and its options, defaults filled in."""
+
     name: str
     type: str
     options: dict[str, Any]
+    feature_type: type[FeatureType]
 
 
 @dataclass(frozen=True)
@@ -48,36 +37,21 @@ def _mapping(value: Any, key: str) -> Mapping[str, Any]:
     return value
 
 
-def parse_features(config: Any, key: str = "data.features") -> dict[str, FeatureSpec]:
-    """``{column: {type: ..., **options}}`` -> specs, every key checked."""
+def parse_features(config: Any, key: str = "data.features", registry: Registry | None = None
+                   ) -> dict[str, FeatureSpec]:
+    """``{column: {type: ..., **options}}`` -> specs, every key checked by the type the registry
+    (default: the installed plugins') names."""
+    registry = registry or get_registry()
     specs = {}
     for name, entry in _mapping(config, key).items():
         entry_key = f"{key}.{name}"
         entry = dict(_mapping(entry, entry_key))
         kind = entry.pop("type", None)
-        if kind not in FEATURE_TYPES:
-            raise ConfigError(f"{entry_key}.type: expected one of {', '.join(FEATURE_TYPES)}, got {kind!r}")
-        unknown = sorted(set(entry) - set(FEATURE_TYPES[kind]))
-        if unknown:
-            raise ConfigError(
-                f"{entry_key}: unknown option(s) {', '.join(map(repr, unknown))} for a {kind} feature; "
-                f"accepted: {', '.join(FEATURE_TYPES[kind]) or '(none)'}"
-            )
-        specs[name] = FeatureSpec(str(name), kind, {**FEATURE_TYPES[kind], **entry})
-        if kind == "categorical" and specs[name].options["hash_buckets"] is not None:
-            _check_hashing(specs[name].options, entry_key)
+        feature_type = registry.get("feature_types", kind, f"{entry_key}.type").factory
+        specs[name] = FeatureSpec(str(name), kind, feature_type.check_options(entry, entry_key), feature_type)
     if not specs:
         raise ConfigError(f"{key}: declare at least one feature column")
     return specs
-
-
-def _check_hashing(options: dict[str, Any], key: str) -> None:
-    buckets = options["hash_buckets"]
-    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-        raise ConfigError(f"{key}.hash_buckets: expected a positive number of buckets, got {buckets!r}")
-    if options["min_count"] != 1 or options["max_size"] is not None:
-        raise ConfigError(f"{key}: hash_buckets replaces the vocabulary, so min_count and max_size do not "
-                          f"apply; give either hash_buckets or min_count/max_size")
 
 
 def parse_tasks(config: Any, registry: Registry, key: str = "model.tasks") -> dict[str, TaskSpec]:

@@ -21,14 +21,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import fusionrec
-from fusionrec.data.media import MEDIA_TYPES, MediaBatch
+from fusionrec.data.media import MediaBatch
+from fusionrec.data.preprocessing import feature_types
 from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
 from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
+from fusionrec.features.base import FeatureType, implementation
 from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
                                       present_input, write_checksums)
-from fusionrec.serving.content import ContentPreparer
+from fusionrec.serving.content import content_preparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.training.checkpoint import load_module
@@ -40,22 +42,17 @@ CONTENT_RULE = ("a content field takes, per row, its raw content (a text, or an 
                 "its item vector from the field's item encoder (a list of numbers), or null (no content)")
 
 
-# Every field must be in a request; any of its values may be null, which means:
-NULL_MEANS = {"categorical": "the out-of-vocabulary id", "multi_categorical": "no values",
-              "numeric": "missing (0 and the missing flag)", "vector": "zeros",
-              "text": "no content (the learned missing vector)", "image": "no content (the learned missing vector)",
-              "audio": "no content (the learned missing vector)"}
-
-
-def _signature(features: dict[str, Tensor], preprocessing: dict[str, dict]) -> list[dict[str, Any]]:
+def _signature(features: dict[str, Tensor], types: dict[str, FeatureType]) -> list[dict[str, Any]]:
     """The scoring graph's inputs, with the request field each comes from and what a null value of
-    it means (a content field is two inputs: its item vector and ``<field>.present``)."""
+    it means (every field must be in a request, any of its values may be null; a content field is two
+    inputs: its item vector and ``<field>.present``)."""
     signature = []
     for name, value in features.items():
-        field = name if name in preprocessing else name.removesuffix(".present")
-        kind = preprocessing[field]["type"]
-        signature.append({"name": name, "field": field, "type": kind, "dtype": str(value.dtype).removeprefix("torch."),
-                          "shape": ["batch", *value.shape[1:]], "null": NULL_MEANS.get(kind, "missing")})
+        field = name if name in types else name.removesuffix(".present")
+        kind = types[field]
+        signature.append({"name": name, "field": field, "type": kind.type_name,
+                          "dtype": str(value.dtype).removeprefix("torch."), "shape": ["batch", *value.shape[1:]],
+                          "null": kind.null_means})
     return signature
 
 
@@ -68,6 +65,10 @@ class BundleWriter:
         self.with_onnx = with_onnx
         self.module = load_module(checkpoint, "--ckpt")
         self.preprocessing = self.module.hparams.preprocessing["features"]
+        self.types = feature_types(self.preprocessing)
+        # What a scoring service rebuilds each field's type from: its fitted state and where its class lives.
+        self.manifest_preprocessing = {name: {**entry, "implementation": implementation(type(self.types[name]))}
+                                       for name, entry in self.preprocessing.items()}
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
         self.specs: dict[str, dict] = {}  # per content field, filled by write_item_encoders
         self.golden_items: dict[str, list[str]] = {}  # texts, or files relative to the bundle
@@ -102,18 +103,17 @@ class BundleWriter:
 
     def _prepare(self, name: str, contents: list[str]) -> dict[str, Tensor]:
         """The item encoder's inputs for ``contents`` as the bundle prepares them."""
-        prepared = ContentPreparer(self.specs[name], self.staging / ASSETS / name)(contents)
+        prepared = content_preparer(self.specs[name], self.staging / ASSETS / name)(contents)
         prepared.pop("problems")
         return {key: torch.from_numpy(value) for key, value in prepared.items()}
 
     def golden_rows(self) -> tuple[dict[str, list], dict[str, Tensor]]:
         """The golden inputs as a service sends them, and the features the module scores them from:
         content prepared by the training encoders' own ``prepare`` (so training and bundle preparation
-        are compared too), tabular values through the bundle's encoder (tested against the training one)."""
-        tabular = {name: entry for name, entry in self.preprocessing.items() if entry["type"] not in MEDIA_TYPES}
-        inputs = golden.tabular_inputs(tabular)
+        are compared too), the other values by their feature type's transform, training's and serving's one."""
+        inputs = golden.tabular_inputs(self.types)
         features: dict[str, Tensor | MediaBatch] = {
-            name: torch.from_numpy(value) for name, value in FeatureEncoder(tabular)(inputs).items()}
+            name: torch.from_numpy(self.types[name].transform(values)) for name, values in inputs.items()}
         for name, encoder in self.content.items():
             items, located = self.golden_items[name], self._located(name, self.golden_items[name])
             # The items plus one without content, which the rows without content point at.
@@ -136,7 +136,7 @@ class BundleWriter:
 
         # The scoring graph's example: the golden rows with content as item vectors.
         graph = ScoringGraph(self.module.model, list(self.content)).eval()
-        tabular = {name: entry for name, entry in self.preprocessing.items() if entry["type"] not in MEDIA_TYPES}
+        tabular = {name: entry for name, entry in self.manifest_preprocessing.items() if not self.types[name].content}
         example = {name: torch.from_numpy(v) for name, v in FeatureEncoder(tabular)({n: inputs[n] for n in tabular}).items()}
         for name, content in self.module.content_fields().items():
             with torch.no_grad():
@@ -153,11 +153,11 @@ class BundleWriter:
         manifest = {
             "format": "fusionrec-bundle", "format_version": FORMAT_VERSION,
             "fusionrec": fusionrec.__version__, "torch": str(torch.__version__),
-            "inputs": _signature(example, self.preprocessing),
+            "inputs": _signature(example, self.types),
             "outputs": {task: {"kind": head.score_kind, "shape": ["batch", *expected[task].shape[1:]],
                                "golden_tolerance": golden.tolerance(head.score_kind)}
                         for task, head in self.module.model.heads.items()},
-            "preprocessing": self.preprocessing, "out_of_vocabulary": OOV_RULE,
+            "preprocessing": self.manifest_preprocessing, "out_of_vocabulary": OOV_RULE,
             "content": {"rule": CONTENT_RULE, "fields": item_encoders},
             "fused_score": fused_score,
             "test_metrics": metrics,

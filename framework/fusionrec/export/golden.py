@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from fusionrec.features.base import FeatureType
+
 ROWS = 8
 # Content rows: distinct items, a repeated one (batches carry each item once) and a row without content.
 # Row 7 repeats item 2; the bundle's golden file gives it as item 2's precomputed vector instead.
@@ -36,26 +38,11 @@ def tolerance(score_kind: str) -> dict[str, float]:
     return dict(BOUNDED_TOLERANCE if score_kind in BOUNDED_KINDS else UNBOUNDED_TOLERANCE)
 
 
-def tabular_inputs(preprocessing: dict[str, dict[str, Any]]) -> dict[str, list]:
-    """Raw values drawn from the fitted state (seeded): known ids and one unknown, numbers around the
-    training mean and one missing."""
+def tabular_inputs(types: dict[str, FeatureType]) -> dict[str, list]:
+    """Raw values of every field but the content ones, each type's ``example_values`` (seeded): known
+    ids and an unknown one, numbers around the training mean and a missing one..."""
     rng = np.random.default_rng(0)
-    inputs: dict[str, list] = {}
-    for name, entry in preprocessing.items():
-        kind = entry["type"]
-        if kind == "categorical":
-            # A hashed field (hash_buckets) has no vocabulary: any id is as good as another.
-            vocabulary = entry.get("vocabulary") or [f"id-{i}" for i in range(ROWS)]
-            known = [str(rng.choice(vocabulary)) for _ in range(ROWS - 1)]
-            inputs[name] = known + ["never-seen-at-training"]
-        elif kind == "multi_categorical":
-            vocabulary = entry["vocabulary"] or ["?"]
-            inputs[name] = [entry["separator"].join(map(str, rng.choice(vocabulary, size=2))) for _ in range(ROWS)]
-        elif kind == "numeric":
-            inputs[name] = [float(entry["mean"] + entry["std"] * rng.normal()) for _ in range(ROWS - 1)] + [None]
-        elif kind == "vector":
-            inputs[name] = rng.normal(size=(ROWS, entry["width"])).round(4).tolist()
-    return inputs
+    return {name: kind.example_values(rng, ROWS) for name, kind in types.items() if not kind.content}
 
 
 def content_items(field: str, spec: dict[str, Any], bundle: Path, count: int = 4) -> list[str]:

@@ -3,6 +3,8 @@
 - :class:`ScoringGraph` (``model.pt2``/``model.onnx``): ``{input: [B, ...]} -> {task: served score}``.
   A content field enters as its item vector ``[B, D]`` plus ``"<field>.present"`` ``Bool[B]``, so a
   service may precompute item vectors; rows without content take the model's learned missing vector.
+  A sequence field enters as its ids ``Int64[B, L, P]``; a history encoder that reads the candidate
+  takes the candidate's ids from the same inputs (:attr:`MultiTaskModel.targets`).
 - :class:`ItemEncoderGraph` (``item_encoder.<field>.pt2``/``.onnx``, one per content field): the
   prepared content of U items (token ids, pixels, waveforms) -> item vectors ``[U, D]``.
 """

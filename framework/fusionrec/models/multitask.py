@@ -5,20 +5,21 @@ from __future__ import annotations
 import graphlib
 from typing import Any, Mapping, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldEncoder, FieldInfo, Fusion, TaskHead, Trunk
+from fusionrec.components import (ContentEncoder, FieldEncoder, FieldInfo, Fusion, SequenceEncoder, TaskHead,
+                                  Trunk)
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, run_trunk
-from fusionrec.data.media import MEDIA_TYPES, MediaBatch
+from fusionrec.data.media import MediaBatch
 from fusionrec.errors import ConfigError, DataError
 from fusionrec.models.content import ContentField
 from fusionrec.plugins import Registry, check_options
 
 
-def default_encoder(feature_type: str) -> str:
-    """The encoder a field gets when the config names none: the feature type's own name, except
-    audio, whose default is the trainable log-mel CNN."""
-    return {"audio": "audio_cnn"}.get(feature_type, feature_type)
+def default_encoder(registry: Registry, feature_type: str) -> str:
+    """The encoder a field gets when the config names none: its feature type's ``default_encoder``."""
+    return registry.get("feature_types", feature_type, "feature type").factory.default_encoder
 
 
 class MultiTaskModel(nn.Module):
@@ -30,16 +31,22 @@ class MultiTaskModel(nn.Module):
 
     ``scenario_field``: the scenario column, whose ids a :class:`ScenarioTrunk` reads (``features``
     must then hold it).
+
+    ``targets``: ``{sequence field: [feature per part]}`` for the history encoders that read the
+    candidate (:attr:`SequenceEncoder.reads_target`): their ``target`` ``Long[B, P]`` stacks those
+    features' ids (part 0's: the candidate item id).
     """
 
     def __init__(self, encoders: dict[str, FieldEncoder | ContentField], fusion: Fusion, trunk: Trunk,
-                 heads: dict[str, TaskHead], scenario_field: str | None = None):
+                 heads: dict[str, TaskHead], scenario_field: str | None = None,
+                 targets: dict[str, list[str]] | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
         self.scenario_field = scenario_field
+        self.targets = dict(targets or {})
 
     def content_fields(self) -> dict[str, ContentField]:
         """The media fields' encoders, ``{field: ContentField}``."""
@@ -48,8 +55,18 @@ class MultiTaskModel(nn.Module):
     def encode(self, features: dict[str, Tensor | MediaBatch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The encoders of the fields in ``features`` (``{field: [N, ...]}``): ``({field: [N, D_f]},
         {media field: Bool[N] row has usable content})``. Top-K scoring encodes a catalogue's item
-        fields once with it and passes the per-pair gathers to ``forward(..., encoded, present)``."""
-        encoded = {name: encoder(features[name]) for name, encoder in self.encoders.items() if name in features}
+        fields once with it and passes the per-pair gathers to ``forward(..., encoded, present)``.
+        A history read with the candidate (:attr:`targets`) is encoded only where ``features`` holds
+        the candidate's fields too: top-K scoring encodes it per pair."""
+        encoded = {}
+        for name, encoder in self.encoders.items():
+            if name not in features:
+                continue
+            if name not in self.targets:
+                encoded[name] = encoder(features[name])
+            elif all(field in features for field in self.targets[name]):
+                target = torch.stack([features[field] for field in self.targets[name]], dim=-1)  # Long[B, P]
+                encoded[name] = encoder(features[name], target)
         present = {name: batch.present_rows() for name, batch in features.items() if isinstance(batch, MediaBatch)}
         return encoded, present
 
@@ -91,20 +108,36 @@ class MultiTaskModel(nn.Module):
         unknown = sorted(set(encoders) - set(fields))
         if unknown:
             raise ConfigError(f"model.encoders: no feature named {', '.join(unknown)}; features: {', '.join(fields)}")
-        built_encoders = {}
-        for name, info in fields.items():
+        built_encoders, targets = {}, {}
+        # Sequences sharing an id field's vocabulary last: they embed with that field's table.
+        for name, info in sorted(fields.items(), key=lambda item: any(part.get("shares") for part in
+                                                                      item[1].extra.get("parts", ()))):
             options = dict(encoders.get(name, {}))
-            encoder_name = options.pop("name", default_encoder(info.type))
+            encoder_name = options.pop("name", default_encoder(registry, info.type))
             factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
             dim = options.pop("dim", None)
+            sequence = isinstance(factory, type) and issubclass(factory, SequenceEncoder)
+            if sequence:
+                if "parts" not in info.extra:
+                    raise ConfigError(f"model.encoders.{name}: the '{encoder_name}' encoder reads a sequence feature; "
+                                      f"'{name}' is a {info.type} feature")
+                tables = shared_tables(name, info, built_encoders)
+                if dim is None and tables:  # by default a sequence is as wide as the table it shares
+                    dim = next(iter(tables.values())).embedding_dim
             if dim is None:
                 dim = factory.default_dim(info, embedding_dim)
-            if info.type in MEDIA_TYPES:
+            content = isinstance(factory, type) and issubclass(factory, ContentEncoder)
+            if content:
                 options.setdefault("strict", info.extra.get("strict", False))
             built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
                                                   info, dim, **options)
-            if info.type in MEDIA_TYPES:
+            if content:  # run once per distinct item of a batch
                 built_encoders[name] = ContentField(built_encoders[name])
+            if sequence:
+                share_tables(built_encoders[name], tables, name)
+                if built_encoders[name].reads_target:
+                    targets[name] = target_fields(built_encoders[name], encoder_name, name)
+        built_encoders = {name: built_encoders[name] for name in fields}  # the fusion's inputs in config order
         fusion_options = dict(fusion)
         built_fusion = registry.build("fusions", fusion_options.pop("name"), "model.fusion",
                                       {name: encoder.output_dim for name, encoder in built_encoders.items()},
@@ -124,7 +157,51 @@ class MultiTaskModel(nn.Module):
         # without a parent in config order, then the conditional ones (parse_tasks ruled out cycles).
         order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
         return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()},
-                   scenario)
+                   scenario, targets)
+
+
+def shared_tables(name: str, info: FieldInfo, built: dict[str, nn.Module]) -> dict[int, nn.Embedding]:
+    """``{part: table}`` of a sequence's parts that share a categorical feature's vocabulary: that
+    feature's encoder's embedding table (built already)."""
+    tables = {}
+    for index, part in enumerate(info.extra["parts"]):
+        shares = part.get("shares")
+        if shares is None:
+            continue
+        if shares not in built:
+            raise ConfigError(f"model.encoders.{name}: the sequence shares the vocabulary of '{shares}', which is "
+                              f"not a feature of the model")
+        encoder = built[shares]
+        table = encoder.id_embedding() if isinstance(encoder, FieldEncoder) else None
+        if table is None:
+            raise ConfigError(f"model.encoders.{name}: the sequence shares the vocabulary of '{shares}', whose "
+                              f"encoder has no id embedding table to share; give '{shares}' the categorical encoder")
+        if table.num_embeddings != part["cardinality"]:
+            raise ConfigError(f"model.encoders.{name}: part '{part['name']}' has {part['cardinality']} ids but the "
+                              f"table of '{shares}' it shares has {table.num_embeddings}")
+        tables[index] = table
+    return tables
+
+
+def share_tables(encoder: SequenceEncoder, tables: dict[int, nn.Embedding], name: str) -> None:
+    """Hand the shared tables over; each must be as wide as the sequence encoder's ``dim``."""
+    for index, table in tables.items():
+        shares = encoder.parts[index]["shares"]
+        if table.embedding_dim != encoder.output_dim:
+            raise ConfigError(f"model.encoders.{name}.dim: {encoder.output_dim}, but the embedding table it shares "
+                              f"with '{shares}' is {table.embedding_dim} wide (model.encoders.{shares}.dim); "
+                              f"give both the same dim")
+        encoder.share(index, table)
+
+
+def target_fields(encoder: SequenceEncoder, encoder_name: str, name: str) -> list[str]:
+    """The features whose ids form an encoder's candidate ``target``: the one each part shares."""
+    unshared = [part["name"] for part in encoder.parts if part.get("shares") is None]
+    if unshared:
+        raise ConfigError(f"model.encoders.{name}: the '{encoder_name}' encoder reads the candidate, which needs "
+                          f"every part of the sequence to share an id feature's vocabulary (data.features.{name}."
+                          f"vocabulary); part(s) {', '.join(unshared)} share none")
+    return [part["shares"] for part in encoder.parts]
 
 
 def _trunk_parts(registry: Registry, config: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:

@@ -52,9 +52,12 @@ def assign_fields(preprocessing: dict, users: Side, items: Side, user_option: st
 
 
 def transform_side(side: Side, preprocessing: dict) -> None:
-    """The side's features as tensors, with the checkpoint's vocabularies and statistics."""
-    state = {"features": {name: preprocessing["features"][name] for name in side.fields}, "tasks": {}}
-    side.table = Preprocessor(state).transform(side.frame, get_registry(), with_labels=False)
+    """The side's features as tensors, with the checkpoint's vocabularies and statistics. A history
+    (a list per user) is encoded through the vocabulary of the id feature it shares, which the
+    other side holds: every feature is rebuilt and linked, the side's own are applied."""
+    preprocessor = Preprocessor({"features": preprocessing["features"], "tasks": {}})
+    preprocessor.types = {name: preprocessor.types[name] for name in side.fields}
+    side.table = preprocessor.transform(side.frame, get_registry(), with_labels=False)
 
 
 def pairs_by_row(path: str, user_key: str, item_key: str, users: pd.Index, items: pd.Index, option: str

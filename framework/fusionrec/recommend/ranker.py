@@ -5,6 +5,10 @@ Per block of users: their fields are encoded once (``[U_b, D_f]``), the catalogu
 (``[I, D_f]``) are gathered per pair, and fusion, trunk and heads run on the ``U_b x I`` pairs. The
 block's fused scores ``[U_b, I]`` (``U_b * I <= max_pairs`` unless one user alone exceeds it)
 are masked where the user's history is excluded and cut to the top K.
+
+A history encoder that reads the candidate (DIN, SASRec read out by target attention) cannot be
+encoded once per user: the history's ids ``[U_b, L, P]`` and the candidate's ids are gathered per
+pair instead, and the model encodes it on each pair's rows.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from fusionrec.serving.fused_score import FusedScore
 from fusionrec.training.module import MultiTaskModule
 
 
-SCENARIO_IDS = "ids:scenario"  # the scenario column's ids among a side's encodings
+IDS = "ids:"  # prefix of a column's raw input among a side's encodings (the scenario, per-pair inputs)
 
 
 @dataclass
@@ -39,17 +43,20 @@ class Ranker:
 
     def __init__(self, module: MultiTaskModule, score: FusedScore, max_pairs: int = 65536):
         self.module, self.model, self.score, self.max_pairs = module, module.model, score, max_pairs
+        raw = [self.model.scenario_field] if self.model.scenario_field is not None else []
+        # Histories read with the candidate, and the candidate's fields they read: model inputs per pair.
+        raw += [field for name, fields in self.model.targets.items() for field in (name, *fields)]
+        self.raw_inputs = list(dict.fromkeys(raw))
 
     def _encode_rows(self, table: TensorTable, rows: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``table``'s fields on ``rows``, encoded: ``({field: [len(rows), D_f]}, {media field: Bool[len(rows)]})``.
-        The scenario column, which a scenario-aware trunk reads as ids, comes along as ``"ids:<column>"``."""
+        The raw inputs the model reads per pair (the scenario column's ids, histories read with the
+        candidate and the candidate's ids) come along as ``"ids:<column>"``."""
         encoded, present = {}, {}
-        scenario = self.model.scenario_field
         for start in range(0, len(rows), self.max_pairs):
             features = table[rows[start:start + self.max_pairs]].features
             part, part_present = self.model.encode(features)
-            if scenario in features:
-                part[SCENARIO_IDS] = features[scenario]
+            part.update({IDS + name: features[name] for name in self.raw_inputs if name in features})
             for name, value in part.items():
                 encoded.setdefault(name, []).append(value)
             for name, value in part_present.items():
@@ -100,8 +107,8 @@ class Ranker:
                        **{name: value.index_select(0, item) for name, value in item_encoded.items()}}
             present = {**{name: value.index_select(0, user) for name, value in user_present.items()},
                        **{name: value.index_select(0, item) for name, value in item_present.items()}}
-            ids = encoded.pop(SCENARIO_IDS, None)
-            outputs = self.model({} if ids is None else {self.model.scenario_field: ids}, encoded, present)
+            features = {name.removeprefix(IDS): encoded.pop(name) for name in list(encoded) if name.startswith(IDS)}
+            outputs = self.model(features, encoded, present)
             scores = {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
             fused.append(self.score(scores))
             for task, score in scores.items():

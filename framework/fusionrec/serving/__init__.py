@@ -11,7 +11,8 @@ outside the directory) and the manifest against the graphs they load, raising :c
 (a ``ConfigError``) naming the file; ``verify=False`` skips the checksums, for a copy that was already
 verified. ``bundle.check()`` scores the bundle's golden rows and compares them with the outputs
 recorded at export: run it once after loading in a new service. Neither loader imports Lightning,
-pluggy, pandas or any fusionrec plugin; each imports its runtime only when called.
+pluggy, pandas or any component plugin; each imports its runtime only when called, and each field's
+feature type from the module its manifest entry's ``implementation`` names (numpy only).
 """
 
 from __future__ import annotations

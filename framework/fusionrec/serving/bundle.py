@@ -23,16 +23,18 @@ from typing import Any
 import numpy as np
 
 from fusionrec.errors import ConfigError
-from fusionrec.serving.content import ContentError, ContentPreparer
-from fusionrec.serving.features import (CONTENT_TYPES, MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string,
-                                        float32_vector, present_input, shown)
+from fusionrec.serving.content import ContentError, content_preparer
+from fusionrec.serving.features import (MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string, float32_vector,
+                                        present_input, shown)
 
 __all__ = ["ASSETS", "CHECKSUMS", "FORMAT_VERSION", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "BundleError",
            "file_sha256", "item_encoder_files", "present_input", "read_checksums", "write_checksums"]
 
 MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "model.onnx", "golden.json", "assets"
 CHECKSUMS = "SHA256SUMS"
-FORMAT_VERSION = 2  # 2: SHA256SUMS covers every file, manifest.json included; per-output golden tolerances
+# 2: SHA256SUMS covers every file, manifest.json included; per-output golden tolerances. 3: each preprocessing
+# entry names its feature type's implementation.
+FORMAT_VERSION = 3
 _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (.+)")
 
 
@@ -144,8 +146,11 @@ class Bundle:
         for name, entry in self.content_fields.items():
             if "tokenizer" in entry["content"]:  # the one content setting that names a file
                 self.file(f"{ASSETS}/{name}/{entry['content']['tokenizer']}")
-            self.preparers[name] = ContentPreparer(entry["content"], self.directory / ASSETS / name)
-        self.encode = FeatureEncoder(self.manifest["preprocessing"], item_vectors=self.item_vectors)
+            self.preparers[name] = content_preparer(entry["content"], self.directory / ASSETS / name)
+        try:
+            self.encode = FeatureEncoder(self.manifest["preprocessing"], item_vectors=self.item_vectors)
+        except ValueError as error:  # an implementation this environment cannot import, or the wrong one
+            raise BundleError(f"{self.directory / MANIFEST}: preprocessing: {error}") from None
         self.load_graphs()
 
     def _read_manifest(self) -> dict[str, Any]:
@@ -188,7 +193,8 @@ class Bundle:
         if field is None:
             key, declared = "inputs", [entry["name"] for entry in self.manifest["inputs"]]
             encoded = [name for field_name, entry in self.manifest["preprocessing"].items() for name in
-                       ((field_name, present_input(field_name)) if entry["type"] in CONTENT_TYPES else (field_name,))]
+                       ((field_name, present_input(field_name)) if self.encode.types[field_name].content
+                        else (field_name,))]
             for name in encoded:
                 if name not in declared:
                     raise BundleError(f"{where}: preprocessing makes input '{name}', which \"inputs\" does not declare")
@@ -245,9 +251,10 @@ class Bundle:
             if value is None or (isinstance(value, float) and value != value):
                 continue
             if isinstance(value, str):
-                if checked_string(value, label, row, MAX_TEXT_CHARS).strip():
-                    # stripped, and an empty text or path is no content, as in training
-                    raw.setdefault(value.strip(), []).append(row)
+                # the type's own rule, as in training: stripped, a blank text or path is no content
+                item = self.encode.types[field].contents([checked_string(value, label, row, MAX_TEXT_CHARS)])[0]
+                if item is not None:
+                    raw.setdefault(item, []).append(row)
                 continue
             if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != dim:
                 raise RequestError(f"{label}: row {row}: expected content (a string), an item vector of "
@@ -270,7 +277,7 @@ class Bundle:
                 inputs[field] = [str(self.file(v)) if isinstance(v, str) else v for v in inputs[field]]
         scores = self.score(inputs)
         for task, expected in golden["outputs"].items():
-            tolerance = self.manifest["outputs"][task]["golden_tolerance"]  # in every format_version 2 manifest
+            tolerance = self.manifest["outputs"][task]["golden_tolerance"]  # in every manifest since format_version 2
             actual, expected = np.asarray(scores[task], dtype=np.float64), np.asarray(expected, dtype=np.float64)
             if actual.shape != expected.shape:
                 raise AssertionError(f"{self.directory}: task '{task}' scores have shape {actual.shape}, the golden "

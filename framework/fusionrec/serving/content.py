@@ -1,17 +1,21 @@
 """Item content (text, image files, audio files) -> the item encoder's input arrays, with numpy.
 
-The media plugin prepares content with these same functions while training, so an exported bundle
-prepares it exactly as training did. Each preparer is rebuilt from a ``spec`` (a JSON mapping in the
-bundle's manifest, with ``kind`` and ``version``) plus the bundle's asset files:
+The one preparation of content: a content encoder prepares its items with a :class:`ContentPreparer`
+while training (``fusionrec.components.ContentEncoder.prepare``), writes its ``spec`` into the bundle it
+is exported to, and the bundle rebuilds the same preparer from that spec (:func:`content_preparer`), so
+training and serving cannot prepare an item differently. Kinds:
 
-- ``text``: a Hugging Face ``tokenizer.json`` run by the ``tokenizers`` package (no transformers),
-  truncated to ``max_length`` and padded to the longest text: ``input_ids``, ``attention_mask`` ``[U, L]``;
+- ``text``: a Hugging Face tokenizer run by the ``tokenizers`` package (no transformers; training hands
+  over its fast tokenizer's ``backend_tokenizer``, a bundle reads its ``tokenizer.json``), truncated to
+  ``max_length`` and padded to the longest text: ``input_ids``, ``attention_mask`` ``[U, L]``;
 - ``image``: Pillow decodes, resizes the short side to ``resize`` (bilinear), centre-crops ``crop``
   pixels, scales to [0, 1] and normalises with ``mean``/``std``: ``pixels`` ``[U, 3, crop, crop]``;
 - ``audio``: soundfile decodes, mixes to mono, resamples to ``sample_rate`` (torchaudio, only for a file
   at another rate), keeps the middle ``num_samples`` or pads with silence: ``waveform`` ``[U, samples]``.
 
-Every preparer also returns ``present`` ``Bool[U]``: ``None`` is an item without content.
+Every preparer also returns ``present`` ``Bool[U]``: an item with no content
+(:func:`fusionrec.features.values.content`: null or blank) or, with ``errors="missing"``, an unreadable
+one is not present, and its arrays are placeholders the encoder zeroes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from fusionrec.features import values
+
 SPEC_VERSION = 1
 
 
@@ -32,9 +38,10 @@ class ContentError(ValueError):
 
 def existing_file(content: Any) -> Path:
     """The path named by ``content``, or a ContentError saying why there is none."""
-    if content is None or (isinstance(content, float) and content != content) or not str(content).strip():
+    named = values.content(content)
+    if named is None:
         raise ContentError("no path given")
-    path = Path(str(content))
+    path = Path(named)
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -102,65 +109,123 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 class ContentPreparer:
-    """``spec`` (+ the bundle's asset directory) -> ``__call__(contents) -> {input: array [U, ...]}``.
+    """``__call__(contents) -> {input: array [U, ...], "present": Bool[U], "problems": [(content, reason)]}``.
 
     ``errors``: ``"raise"`` (a :class:`ContentError` naming the item) or ``"missing"`` (the item counts as
     having no content and ``problems`` lists ``(content, reason)``), as a non-strict training run does.
+    Subclasses, one per ``kind``, read one item (``read``) and stack a batch (``batch``).
     """
 
-    def __init__(self, spec: Mapping[str, Any], directory: str | Path = "."):
-        if spec.get("version") != SPEC_VERSION or spec.get("kind") not in ("text", "image", "audio"):
-            raise ContentError(f"unsupported content spec (kind {spec.get('kind')!r}, version "
-                               f"{spec.get('version')!r}); this fusionrec reads version {SPEC_VERSION}")
-        self.spec = dict(spec)
-        self.kind = spec["kind"]
-        if self.kind == "text":
-            from tokenizers import Tokenizer  # imported here: only bundles with text need it
-
-            self.tokenizer = Tokenizer.from_file(str(Path(directory) / spec["tokenizer"]))
-            self.tokenizer.enable_truncation(spec["max_length"])
-            self.tokenizer.enable_padding(direction=spec["padding_side"], pad_id=spec["pad_id"],
-                                          pad_token=spec["pad_token"])
+    kind: str
 
     def __call__(self, contents: Sequence[Any], errors: str = "raise") -> dict[str, Any]:
         items, problems = [], []
-        for content in contents:
+        for raw in contents:
+            content = values.content(raw)
             try:
-                items.append(None if _absent(content) else self.read(content))
+                items.append(None if content is None else self.read(content))
             except ContentError as error:
                 if errors == "raise":
-                    raise ContentError(f"{content!r}: {error}") from None
+                    raise ContentError(f"{raw!r}: {error}") from None
                 items.append(None)
-                problems.append((content, str(error)))
+                problems.append((raw, str(error)))
         present = np.array([item is not None for item in items], dtype=bool)
         return {**self.batch(items), "present": present, "problems": problems}
 
-    def read(self, content: Any) -> Any:
-        spec = self.spec
-        if self.kind == "text":
-            text = str(content)
-            if not text.strip():
-                raise ContentError("empty text")
-            return text
-        if self.kind == "image":
-            return image_pixels(content, spec["resize"], spec["crop"], spec["mean"], spec["std"])
-        return waveform(content, spec["sample_rate"], spec["num_samples"])
+    def read(self, content: str) -> Any:
+        raise NotImplementedError
 
     def batch(self, items: list) -> dict[str, np.ndarray]:
-        spec = self.spec
-        if self.kind == "text":
-            # A missing text is tokenised as "" ([CLS] [SEP]): a valid input whose features are zeroed.
-            encodings = self.tokenizer.encode_batch([item or "" for item in items])
-            return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(items), -1),
-                    "attention_mask": np.array([e.attention_mask for e in encodings],
-                                               dtype=np.int64).reshape(len(items), -1)}
-        if self.kind == "image":
-            shape = (3, spec["crop"], spec["crop"])
-            return {"pixels": np.stack([np.zeros(shape, np.float32) if item is None else item for item in items])
-                    if items else np.zeros((0, *shape), np.float32)}
-        return {"waveform": np.stack([np.zeros(spec["num_samples"], np.float32) if item is None else item
-                                      for item in items]) if items else np.zeros((0, spec["num_samples"]), np.float32)}
+        """The items read (``None``: not present, given a placeholder) -> the encoder's arrays ``[U, ...]``."""
+        raise NotImplementedError
+
+    def spec(self, assets: Path) -> dict[str, Any]:
+        """The manifest's spec that rebuilds this preparer (:func:`content_preparer`); files it names are
+        written under ``assets``."""
+        raise NotImplementedError
 
 
-def _absent(content: Any) -> bool:
-    return content is None or (isinstance(content, float) and content != content)
+class TextPreparer(ContentPreparer):
+    """``tokenizer``: a ``tokenizers.Tokenizer``, copied, so that the settings made here never reach the
+    caller's (a transformers tokenizer sets its backend's truncation and padding on every call)."""
+
+    kind = "text"
+
+    def __init__(self, tokenizer: Any, max_length: int, pad_id: int, pad_token: str, padding_side: str = "right",
+                 truncation_side: str = "right"):
+        from tokenizers import Tokenizer  # imported here: only bundles with text need it
+
+        self.settings = {"max_length": max_length, "pad_id": pad_id, "pad_token": pad_token,
+                         "padding_side": padding_side, "truncation_side": truncation_side}
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.enable_truncation(max_length, direction=truncation_side)
+        self.tokenizer.enable_padding(direction=padding_side, pad_id=pad_id, pad_token=pad_token)
+
+    def read(self, content: str) -> str:
+        return content
+
+    def batch(self, items: list) -> dict[str, np.ndarray]:
+        # A missing text is tokenised as "" ([CLS] [SEP]): a valid input whose features are zeroed.
+        encodings = self.tokenizer.encode_batch([item or "" for item in items])
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(items), -1),
+                "attention_mask": np.array([e.attention_mask for e in encodings],
+                                           dtype=np.int64).reshape(len(items), -1)}
+
+    def spec(self, assets: Path) -> dict[str, Any]:
+        assets.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(assets / "tokenizer.json"))
+        return {"kind": self.kind, "version": SPEC_VERSION, "tokenizer": "tokenizer.json", **self.settings}
+
+
+class ImagePreparer(ContentPreparer):
+    kind = "image"
+
+    def __init__(self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float]):
+        self.resize, self.crop, self.mean, self.std = resize, crop, [float(m) for m in mean], [float(s) for s in std]
+
+    def read(self, content: str) -> np.ndarray:
+        return image_pixels(content, self.resize, self.crop, self.mean, self.std)
+
+    def batch(self, items: list) -> dict[str, np.ndarray]:
+        shape = (3, self.crop, self.crop)
+        return {"pixels": np.stack([np.zeros(shape, np.float32) if item is None else item for item in items])
+                if items else np.zeros((0, *shape), np.float32)}
+
+    def spec(self, assets: Path) -> dict[str, Any]:
+        return {"kind": self.kind, "version": SPEC_VERSION, "resize": self.resize, "crop": self.crop,
+                "mean": self.mean, "std": self.std}
+
+
+class AudioPreparer(ContentPreparer):
+    kind = "audio"
+
+    def __init__(self, sample_rate: int, num_samples: int):
+        self.sample_rate, self.num_samples = sample_rate, num_samples
+
+    def read(self, content: str) -> np.ndarray:
+        return waveform(content, self.sample_rate, self.num_samples)
+
+    def batch(self, items: list) -> dict[str, np.ndarray]:
+        return {"waveform": np.stack([np.zeros(self.num_samples, np.float32) if item is None else item
+                                      for item in items]) if items else np.zeros((0, self.num_samples), np.float32)}
+
+    def spec(self, assets: Path) -> dict[str, Any]:
+        return {"kind": self.kind, "version": SPEC_VERSION, "sample_rate": self.sample_rate,
+                "num_samples": self.num_samples}
+
+
+def content_preparer(spec: Mapping[str, Any], directory: str | Path = ".") -> ContentPreparer:
+    """The preparer a bundle's ``spec`` describes, reading its asset files from ``directory``."""
+    kind = spec.get("kind")
+    if spec.get("version") != SPEC_VERSION or kind not in ("text", "image", "audio"):
+        raise ContentError(f"unsupported content spec (kind {kind!r}, version {spec.get('version')!r}); "
+                           f"this fusionrec reads version {SPEC_VERSION}")
+    if kind == "image":
+        return ImagePreparer(spec["resize"], spec["crop"], spec["mean"], spec["std"])
+    if kind == "audio":
+        return AudioPreparer(spec["sample_rate"], spec["num_samples"])
+    from tokenizers import Tokenizer
+
+    # Bundles written before truncation_side was recorded truncated on the right, the default.
+    return TextPreparer(Tokenizer.from_file(str(Path(directory) / spec["tokenizer"])), spec["max_length"],
+                        spec["pad_id"], spec["pad_token"], spec["padding_side"], spec.get("truncation_side", "right"))

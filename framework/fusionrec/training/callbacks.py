@@ -214,7 +214,7 @@ class ParquetPredictionWriter(BasePredictionWriter):
         steps = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         order = np.concatenate([step["index"].cpu().numpy() for step in steps])
         datamodule = trainer.datamodule
-        keys = [name for name, spec in datamodule.feature_specs.items() if spec.type == "categorical"]
+        keys = [name for name, spec in datamodule.feature_specs.items() if spec.feature_type.key_column]
         frame = datamodule.predict_frame()[keys].iloc[order].reset_index(drop=True)
         for task in pl_module.model.heads:
             scores = np.concatenate([step[task].float().cpu().numpy() for step in steps])

@@ -24,7 +24,7 @@ REQUIRED = {"": ("state_dict", "hyper_parameters", "pytorch-lightning_version"),
 ARCHITECTURE = ("embedding_dim", "encoders", "fusion", "trunk", "balancer")
 # Feature options that change how values are encoded; the checkpoint's fitted state was made with its
 # own. (root and strict only say where content is read from and how strictly: they may change.)
-ENCODING_OPTIONS = ("separator", "max_length", "na_values", "hash_buckets")
+ENCODING_OPTIONS = ("separator", "max_length", "na_values", "hash_buckets", "history", "side")
 
 
 def read_checkpoint(path: str | Path, option: str = "--ckpt") -> dict[str, Any]:

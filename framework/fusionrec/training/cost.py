@@ -44,13 +44,14 @@ def model_costs(model: nn.Module) -> list[Cost]:
     """One row per embedding table (an ``nn.Embedding``/``EmbeddingBag`` of an id field's encoder), per
     field encoder's other parameters (a projection; a content field's whole backbone), then fusion,
     trunk and heads."""
-    rows = []
+    rows, listed = [], set()  # a table a sequence shares with its id field is listed once, under the id field
     for field, encoder in model.encoders.items():
         # A content field's backbone (a transformer's token embeddings included) is one encoder row:
         # the tables that grow with the data, and that the budget is about, are the id fields'.
         tables = [] if isinstance(encoder, ContentField) else [
             m for m in encoder.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
-        for table in tables:
+        for table in (table for table in tables if id(table) not in listed):
+            listed.add(id(table))
             rows.append(_row(f"{field} table [{table.num_embeddings} x {table.embedding_dim}]",
                              list(table.parameters()), [], True))
         in_tables = {id(p) for table in tables for p in table.parameters()}

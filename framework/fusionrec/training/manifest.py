@@ -27,7 +27,7 @@ def component_manifest(registry: Registry, features: dict[str, dict[str, Any]], 
         return {"name": name, **registry.get(slot, name, slot).manifest_entry()}
 
     return {
-        "encoders": {field: entry("encoders", encoders.get(field, {}).get("name", default_encoder(info["type"])))
+        "encoders": {field: entry("encoders", encoders.get(field, {}).get("name", default_encoder(registry, info["type"])))
                      for field, info in features.items()},
         "fusion": entry("fusions", fusion["name"]),
         "trunk": entry("trunks", trunk["name"]),

@@ -2,7 +2,13 @@
 
 from fusionrec import hookimpl
 from fusionrec_example_plugin.encoders import BucketizedNumericEncoder
+from fusionrec_example_plugin.features import Weekday
 from fusionrec_example_plugin.heads import PoissonHead
+
+
+@hookimpl
+def fusionrec_register_feature_types():
+    return {"weekday": Weekday}
 
 
 @hookimpl
