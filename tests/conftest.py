@@ -48,8 +48,9 @@ def small_config(trunk: dict | None = None, **overrides) -> dict:
     config["trainer"] = {"max_epochs": 3, "logger": False, "enable_checkpointing": False,
                          "enable_progress_bar": False, "enable_model_summary": False}
     config["data"].update(generate=SMALL_LOG, batch_size=512)
-    # Tabular only: the quickstart's media fields have their own end-to-end tests (test_content_fields).
-    for field in ("item_title", "item_image", "item_audio"):
+    # Tabular only: the quickstart's media and history fields have their own end-to-end tests
+    # (test_content_fields, test_sequence, test_history_encoders).
+    for field in ("item_title", "item_image", "item_audio", "clicked_before"):
         del config["data"]["features"][field]
     del config["model"]["encoders"]
     config["model"].update(embedding_dim=8, learning_rate=0.003,

@@ -36,24 +36,24 @@ def encoder(**options) -> ImageEncoder:
 def test_entries_are_reused_until_the_file_the_weights_or_a_setting_change(tmp_path):
     paths = images(tmp_path, 3)
     cache = FeatureCache(tmp_path / "cache")
-    first, present = cache.features(encoder(), paths, "image")
+    first, present = cache.features(encoder(), paths)
     assert first.shape == (3, 512) and present.all() and cache.computed == 3
 
     again = FeatureCache(tmp_path / "cache")  # a new process: read back from disk
-    torch.testing.assert_close(again.features(encoder(), paths, "image")[0], first)
+    torch.testing.assert_close(again.features(encoder(), paths)[0], first)
     assert again.computed == 0
 
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(paths[1])  # an edited file
-    changed, _ = again.features(encoder(), paths, "image")
+    changed, _ = again.features(encoder(), paths)
     assert again.computed == 1 and not torch.allclose(changed[1], first[1])
     torch.testing.assert_close(changed[[0, 2]], first[[0, 2]])
 
     other_weights = encoder()
     with torch.no_grad():
         other_weights.backbone.conv1.weight.mul_(2)
-    again.features(other_weights, paths, "image")
+    again.features(other_weights, paths)
     assert again.computed == 1 + 3
-    again.features(encoder(mean=[0.5, 0.5, 0.5]), paths, "image")  # another preprocessing setting
+    again.features(encoder(mean=[0.5, 0.5, 0.5]), paths)  # another preprocessing setting
     assert again.computed == 1 + 3 + 3
 
 

@@ -31,7 +31,7 @@ from fusionrec.training.cost import model_costs
 
 ITEMS, GENRES, USERS, LENGTH, DIM = 12, 5, 6, 5, 8
 ENCODERS = {"sequence_mean": {"name": "sequence_mean"}, "din": {"name": "din"},
-            "din_softmax": {"name": "din", "softmax": True},
+            "din_unnormalised": {"name": "din", "softmax": False},
             "sasrec": {"name": "sasrec", "num_heads": 2}, "sasrec_target": {"name": "sasrec", "readout": "target"}}
 
 
@@ -80,7 +80,7 @@ def test_padding_never_reaches_the_output_and_an_empty_history_encodes_as_zeros(
         torch.testing.assert_close(encoder(noisy, TARGET), expected)
 
 
-@pytest.mark.parametrize("name", ["sequence_mean", "din", "din_softmax", "sasrec", "sasrec_target"])
+@pytest.mark.parametrize("name", ["sequence_mean", "din", "din_unnormalised", "sasrec", "sasrec_target"])
 def test_a_history_encodes_the_same_whatever_padding_precedes_it(name):
     short, long = build_encoder(ENCODERS[name], LENGTH), build_encoder(ENCODERS[name], LENGTH + 7)
     weights = short.state_dict()
@@ -102,17 +102,17 @@ def test_mean_is_the_mean_of_the_present_elements_embeddings():
         torch.testing.assert_close(output[3], item[9] + genre[3])
 
 
-def test_din_weights_are_unnormalised_unless_softmax():
-    """Unnormalised (the paper): a history of the same item twice weighs twice; softmax (the released
-    code): the same as once. Either way the candidate changes the output."""
+def test_din_weights_are_normalised_unless_softmax_is_off():
+    """Softmax (the default, as the released code): a history of the same item twice reads as once;
+    unnormalised (the paper): it weighs twice. Either way the candidate changes the output."""
     once, twice = torch.zeros(1, LENGTH, 2, dtype=torch.long), torch.zeros(1, LENGTH, 2, dtype=torch.long)
     once[0, -1] = torch.tensor([4, 2])
     twice[0, -2:] = torch.tensor([4, 2])
     target = torch.tensor([[6, 3]])
     with torch.no_grad():
-        din = build_encoder(ENCODERS["din"])
+        din = build_encoder(ENCODERS["din_unnormalised"])
         torch.testing.assert_close(din(twice, target), 2 * din(once, target))
-        softmax = build_encoder(ENCODERS["din_softmax"])
+        softmax = build_encoder(ENCODERS["din"])
         torch.testing.assert_close(softmax(twice, target), softmax(once, target))
         assert not torch.allclose(din(histories(), TARGET), din(histories(), TARGET.roll(1, 0)))
 

@@ -29,7 +29,7 @@ def recency_gain(frame: pd.DataFrame) -> float:
 
 
 def test_the_category_clicked_last_predicts_the_next_click_only_with_drift():
-    assert recency_gain(generate_impressions(**LOG, interest_drift=1.0)) > 0.06
+    assert recency_gain(generate_impressions(**LOG, interest_drift=1.0)) > 0.12
     assert abs(recency_gain(generate_impressions(**LOG))) < 0.03
 
 

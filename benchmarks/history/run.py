@@ -5,12 +5,12 @@ Datasets:
 
 - ``ml100k-per-user``: MovieLens 100K split within each user by time (80/10/10, the per-user protocol
   of ``benchmarks/peers``, its split files reused), tasks ``liked`` (rating >= 4) and ``rating``;
-  the history is the user's earlier rated movies (every rating, any score), sharing ``item_id``'s
-  vocabulary and embedding table.
+  the history is the user's 50 latest earlier rated movies (every rating, any score), sharing
+  ``item_id``'s vocabulary and embedding table.
 - ``generated``: the quickstart's log (``fusionrec.data.synthetic``, no media) with
   ``interest_drift: 1.0`` -- each user's interest drifts from one item category to another, which only
   the history reveals -- split by time 80/10/10, tasks ``click``, ``like``, ``watch_time``; the history
-  is the user's earlier clicked items, each with its ``item_category`` riding along.
+  is the user's 10 latest earlier clicked items, each with its ``item_category`` riding along.
 
 Variants: ``none`` (no history field), ``sequence_mean``, ``din``, ``sasrec`` (the history field's
 encoder). Each run is one child process (``--one``), one at a time, with ``--threads`` torch threads;
@@ -35,7 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 VARIANTS = ("none", "sequence_mean", "din", "sasrec")
-HISTORY_LENGTH = 50
+# MovieLens: the user's last 50 ratings; generated: the last 10 clicks, about as many as a drifting
+# interest lasts (its THEME_LENGTH is 8 events, of which about half are clicks).
+HISTORY_LENGTH = {"ml100k-per-user": 50, "generated": 10}
 TASKS = {
     "ml100k-per-user": {"liked": {"head": "binary"}, "rating": {"head": "regression"}},
     "generated": {"click": {"head": "binary"}, "like": {"head": "binary"}, "watch_time": {"head": "regression"}},
@@ -54,7 +56,7 @@ def data_section(dataset: str, cache: Path) -> dict:
         features["age"] = {"type": "numeric"}
         history = {"user": "user_id", "time": "timestamp", "item": "item_id"}
         return {**{split: str(path) for split, path in paths.items()}, "features": features,
-                "history": {"type": "sequence", "max_length": HISTORY_LENGTH, "vocabulary": "item_id",
+                "history": {"type": "sequence", "max_length": HISTORY_LENGTH[dataset], "vocabulary": "item_id",
                             "history": history}}
     from fusionrec.data.synthetic import quickstart_log
 
@@ -67,7 +69,7 @@ def data_section(dataset: str, cache: Path) -> dict:
     return {"path": str(quickstart_log(**GENERATED_LOG, directory=cache)),
             "split": {"method": "time", "ratios": [0.8, 0.1, 0.1], "time_column": "timestamp"},
             "features": features,
-            "history": {"type": "sequence", "max_length": HISTORY_LENGTH, "vocabulary": "item_id",
+            "history": {"type": "sequence", "max_length": HISTORY_LENGTH[dataset], "vocabulary": "item_id",
                         "history": history, "side": ["item_category"]}}
 
 

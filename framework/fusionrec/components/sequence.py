@@ -33,6 +33,7 @@ class SequenceEncoder(FieldEncoder):
 
     def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
+        self.embedding_dim = dim  # the tables' width; an encoder may output more (output_dim)
         self.parts = [dict(part) for part in field.extra["parts"]]
         self.length = field.width
         # Shared parts' tables arrive with share(); building a table here only to drop it would hold

@@ -23,10 +23,12 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def content_key(identity: str, content: str, kind: str) -> str:
+def content_key(identity: str, content: str, reads_files: bool) -> str:
+    """``reads_files``: the content names a file (the preparer's ``reads_files``), whose bytes are hashed
+    too, so an edited file misses the cache."""
     digest = hashlib.sha256(identity.encode())
     digest.update(content.encode())
-    if kind != "text":  # a file: its bytes, so an edited file misses the cache
+    if reads_files:
         try:
             digest.update(Path(content).read_bytes())
         except OSError as error:
@@ -35,7 +37,7 @@ def content_key(identity: str, content: str, kind: str) -> str:
 
 
 class FeatureCache:
-    """``features(encoder, contents, kind)`` -> ``([N, width], present Bool[N])`` for the N contents,
+    """``features(encoder, contents)`` -> ``([N, width], present Bool[N])`` for the N contents,
     computing only the entries neither in memory nor on disk."""
 
     def __init__(self, directory: str | Path, batch_size: int = 64):
@@ -43,10 +45,10 @@ class FeatureCache:
         self.memory: dict[str, dict[str, tuple[Tensor, bool]]] = {}  # identity -> key -> entry
         self.computed = 0  # items encoded by this cache (the rest were hits); tests read it
 
-    def features(self, encoder, contents: list[str], kind: str) -> tuple[Tensor, Tensor]:
+    def features(self, encoder, contents: list[str]) -> tuple[Tensor, Tensor]:
         identity = identity_hash(encoder.cache_identity())
         entries = self.memory.setdefault(identity, self._load(identity))
-        keys = [content_key(identity, content, kind) for content in contents]
+        keys = [content_key(identity, content, encoder.preparer.reads_files) for content in contents]
         todo = [i for i, key in enumerate(keys) if key not in entries]
         if todo:
             self._compute(encoder, [contents[i] for i in todo], [keys[i] for i in todo], entries)

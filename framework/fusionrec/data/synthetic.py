@@ -54,7 +54,7 @@ from fusionrec.errors import ConfigError
 GENERATOR_VERSION = 2
 SCENARIOS = ("home", "search", "detail")
 THEME_LENGTH = 8  # events a current interest lasts, on average (interest_drift)
-THEME_CLICK_BOOST = 1.5
+THEME_CLICK_BOOST = 3.0
 
 
 def cache_dir() -> Path:

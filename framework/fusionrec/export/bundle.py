@@ -30,7 +30,7 @@ from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_progra
 from fusionrec.features.base import FeatureType, implementation
 from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
                                       present_input, write_checksums)
-from fusionrec.serving.content import content_preparer
+from fusionrec.serving.content import ContentPreparer, content_preparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.training.checkpoint import load_module
@@ -70,7 +70,8 @@ class BundleWriter:
         self.manifest_preprocessing = {name: {**entry, "implementation": implementation(type(self.types[name]))}
                                        for name, entry in self.preprocessing.items()}
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
-        self.specs: dict[str, dict] = {}  # per content field, filled by write_item_encoders
+        # Per content field, filled by write_item_encoders: the preparer a bundle rebuilds from its spec.
+        self.preparers: dict[str, ContentPreparer] = {}
         self.golden_items: dict[str, list[str]] = {}  # texts, or files relative to the bundle
 
     def write_item_encoders(self) -> dict[str, dict[str, Any]]:
@@ -82,14 +83,16 @@ class BundleWriter:
                 spec = encoder.serving_spec(assets)
             except NotImplementedError as error:
                 raise ConfigError(f"{self.checkpoint}: field '{name}': {error}") from None
-            self.specs[name] = spec
-            self.golden_items[name] = golden.content_items(name, spec, self.staging)
+            preparer = self.preparers[name] = content_preparer(spec, assets)
+            self.golden_items[name] = golden.content_items(name, preparer, self.staging)
             prepared = self._prepare(name, self._located(name, self.golden_items[name]))
             dynamic = {key: {0: torch.export.Dim(f"{name}_items", min=1)} for key in prepared}
-            if spec["kind"] == "text":  # token sequences are as long as the batch's longest text
-                tokens = torch.export.Dim(f"{name}_tokens", min=1, max=spec["max_length"])
-                for key in ("input_ids", "attention_mask"):
-                    dynamic[key][1] = tokens
+            dims = {}  # one per axis name: the inputs sharing it have equal sizes (a text's ids and mask)
+            for key, axes in preparer.dynamic_axes().items():
+                for axis, (axis_name, largest) in axes.items():
+                    if axis_name not in dims:
+                        dims[axis_name] = torch.export.Dim(f"{name}_{axis_name}", min=1, max=largest)
+                    dynamic[key][axis] = dims[axis_name]
             pt2, onnx = item_encoder_files(name)
             write_programs(ItemEncoderGraph(encoder).eval(), "inputs", prepared, dynamic, ["vector"],
                            self.staging / pt2, self.staging / onnx if self.with_onnx else None)
@@ -99,11 +102,11 @@ class BundleWriter:
 
     def _located(self, name: str, items: list[str]) -> list[str]:
         """Golden items as the encoders read them: files by their path in the staging directory."""
-        return items if self.specs[name]["kind"] == "text" else [str(self.staging / item) for item in items]
+        return [str(self.staging / item) for item in items] if self.preparers[name].reads_files else items
 
     def _prepare(self, name: str, contents: list[str]) -> dict[str, Tensor]:
         """The item encoder's inputs for ``contents`` as the bundle prepares them."""
-        prepared = content_preparer(self.specs[name], self.staging / ASSETS / name)(contents)
+        prepared = self.preparers[name](contents)
         prepared.pop("problems")
         return {key: torch.from_numpy(value) for key, value in prepared.items()}
 

@@ -4,11 +4,11 @@ the trained module gives them, so an importing service can check itself (``Bundl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fusionrec.features.base import FeatureType
+from fusionrec.serving.content import ContentPreparer
 
 ROWS = 8
 # Content rows: distinct items, a repeated one (batches carry each item once) and a row without content.
@@ -45,31 +45,8 @@ def tabular_inputs(types: dict[str, FeatureType]) -> dict[str, list]:
     return {name: kind.example_values(rng, ROWS) for name, kind in types.items() if not kind.content}
 
 
-def content_items(field: str, spec: dict[str, Any], bundle: Path, count: int = 4) -> list[str]:
-    """``count`` items of a content field: texts, or image/audio files written under ``bundle/golden``
-    (named relative to the bundle)."""
-    rng = np.random.default_rng(0)
-    if spec["kind"] == "text":
-        return [f"golden item {i} for {field}" for i in range(count)]
-    directory = bundle / GOLDEN_FILES
-    directory.mkdir(exist_ok=True)
-    items = []
-    for i in range(count):
-        if spec["kind"] == "image":
-            from PIL import Image
-
-            # Not square and larger than the crop, so resizing and cropping both run.
-            size = (spec["crop"] + 7 + 3 * i, spec["crop"] + 2)
-            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            name = f"{GOLDEN_FILES}/{field}-{i}.png"
-            Image.fromarray(pixels).save(bundle / name)
-        else:
-            import soundfile
-
-            seconds = spec["num_samples"] / spec["sample_rate"] * (0.5 + 0.5 * i)  # short and long clips
-            t = np.arange(int(seconds * spec["sample_rate"])) / spec["sample_rate"]
-            wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.normal(size=len(t))
-            name = f"{GOLDEN_FILES}/{field}-{i}.wav"
-            soundfile.write(bundle / name, wave.astype(np.float32), spec["sample_rate"])
-        items.append(name)
-    return items
+def content_items(field: str, preparer: ContentPreparer, bundle: Path) -> list[str]:
+    """The distinct items ``CONTENT_ITEMS`` points at, as ``preparer`` makes examples of its kind: texts, or
+    files written under ``bundle/golden`` (named relative to the bundle)."""
+    count = max(item for item in CONTENT_ITEMS if item is not None) + 1
+    return preparer.examples(field, bundle, GOLDEN_FILES, count)

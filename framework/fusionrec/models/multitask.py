@@ -187,8 +187,8 @@ def share_tables(encoder: SequenceEncoder, tables: dict[int, nn.Embedding], name
     """Hand the shared tables over; each must be as wide as the sequence encoder's ``dim``."""
     for index, table in tables.items():
         shares = encoder.parts[index]["shares"]
-        if table.embedding_dim != encoder.output_dim:
-            raise ConfigError(f"model.encoders.{name}.dim: {encoder.output_dim}, but the embedding table it shares "
+        if table.embedding_dim != encoder.embedding_dim:
+            raise ConfigError(f"model.encoders.{name}.dim: {encoder.embedding_dim}, but the embedding table it shares "
                               f"with '{shares}' is {table.embedding_dim} wide (model.encoders.{shares}.dim); "
                               f"give both the same dim")
         encoder.share(index, table)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fusionrec.errors import ConfigError
-from fusionrec.serving.content import ContentError, content_preparer
+from fusionrec.serving.content import ContentError, ContentPreparer, preparer_type
 from fusionrec.serving.features import (MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string, float32_vector,
                                         present_input, shown)
 
@@ -142,11 +142,12 @@ class Bundle:
         self.listed = verify_files(self.directory) if verify else None
         self.manifest = self._read_manifest()
         self.content_fields = self.manifest.get("content", {}).get("fields", {})
-        self.preparers = {}
+        self.preparers: dict[str, ContentPreparer] = {}
         for name, entry in self.content_fields.items():
-            if "tokenizer" in entry["content"]:  # the one content setting that names a file
-                self.file(f"{ASSETS}/{name}/{entry['content']['tokenizer']}")
-            self.preparers[name] = content_preparer(entry["content"], self.directory / ASSETS / name)
+            kind = preparer_type(entry["content"])
+            for asset in kind.asset_files(entry["content"]):  # read by the preparer: checked like every file
+                self.file(f"{ASSETS}/{name}/{asset}")
+            self.preparers[name] = kind.from_spec(entry["content"], self.directory / ASSETS / name)
         try:
             self.encode = FeatureEncoder(self.manifest["preprocessing"], item_vectors=self.item_vectors)
         except ValueError as error:  # an implementation this environment cannot import, or the wrong one
@@ -272,8 +273,8 @@ class Bundle:
         (``|score - golden| <= atol + rtol * |golden|``)."""
         golden = json.loads(self.file(GOLDEN).read_text())
         inputs = dict(golden["inputs"])
-        for field, entry in self.content_fields.items():  # golden image/audio files live in the bundle
-            if entry["content"]["kind"] != "text":
+        for field, preparer in self.preparers.items():  # golden image/audio files live in the bundle
+            if preparer.reads_files:
                 inputs[field] = [str(self.file(v)) if isinstance(v, str) else v for v in inputs[field]]
         scores = self.score(inputs)
         for task, expected in golden["outputs"].items():

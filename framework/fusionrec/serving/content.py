@@ -16,6 +16,9 @@ training and serving cannot prepare an item differently. Kinds:
 Every preparer also returns ``present`` ``Bool[U]``: an item with no content
 (:func:`fusionrec.features.values.content`: null or blank) or, with ``errors="missing"``, an unreadable
 one is not present, and its arrays are placeholders the encoder zeroes.
+
+The preparer class is the one place that knows its kind: export, serving and the feature cache ask it
+(``reads_files``, ``dynamic_axes``, ``asset_files``, ``examples``) instead of testing the kind's name.
 """
 
 from __future__ import annotations
@@ -113,10 +116,24 @@ class ContentPreparer:
 
     ``errors``: ``"raise"`` (a :class:`ContentError` naming the item) or ``"missing"`` (the item counts as
     having no content and ``problems`` lists ``(content, reason)``), as a non-strict training run does.
-    Subclasses, one per ``kind``, read one item (``read``) and stack a batch (``batch``).
+    Subclasses, one per ``kind`` (registered in ``PREPARERS``), read one item (``read``), stack a batch
+    (``batch``), write and read their spec (``spec``, ``from_spec``) and answer what else depends on the kind.
     """
 
     kind: str
+    # Whether an item's content names a file to read (a service reads these only under its content root,
+    # and the feature cache hashes the file's bytes) rather than being the content itself.
+    reads_files = False
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], directory: Path) -> ContentPreparer:
+        """The preparer ``spec`` (as :meth:`spec` wrote it) describes, reading its assets from ``directory``."""
+        raise NotImplementedError
+
+    @classmethod
+    def asset_files(cls, spec: Mapping[str, Any]) -> list[str]:
+        """The files under the assets directory that ``spec`` names."""
+        return []
 
     def __call__(self, contents: Sequence[Any], errors: str = "raise") -> dict[str, Any]:
         items, problems = [], []
@@ -144,6 +161,16 @@ class ContentPreparer:
         written under ``assets``."""
         raise NotImplementedError
 
+    def dynamic_axes(self) -> dict[str, dict[int, tuple[str, int]]]:
+        """The axes of the arrays ``batch`` returns that vary, beyond the items axis 0:
+        ``{input: {axis: (name, largest size)}}``; inputs whose axes share a name have equal sizes."""
+        return {}
+
+    def examples(self, field: str, bundle: Path, directory: str, count: int) -> list[str]:
+        """``count`` distinct items of ``field`` for a bundle's golden rows; files are written under
+        ``bundle/directory`` and named relative to ``bundle``."""
+        raise NotImplementedError
+
 
 class TextPreparer(ContentPreparer):
     """``tokenizer``: a ``tokenizers.Tokenizer``, copied, so that the settings made here never reach the
@@ -161,6 +188,18 @@ class TextPreparer(ContentPreparer):
         self.tokenizer.enable_truncation(max_length, direction=truncation_side)
         self.tokenizer.enable_padding(direction=padding_side, pad_id=pad_id, pad_token=pad_token)
 
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], directory: Path) -> TextPreparer:
+        from tokenizers import Tokenizer
+
+        # Bundles written before truncation_side was recorded truncated on the right, the default.
+        return cls(Tokenizer.from_file(str(directory / spec["tokenizer"])), spec["max_length"], spec["pad_id"],
+                   spec["pad_token"], spec["padding_side"], spec.get("truncation_side", "right"))
+
+    @classmethod
+    def asset_files(cls, spec: Mapping[str, Any]) -> list[str]:
+        return [spec["tokenizer"]]
+
     def read(self, content: str) -> str:
         return content
 
@@ -176,12 +215,25 @@ class TextPreparer(ContentPreparer):
         self.tokenizer.save(str(assets / "tokenizer.json"))
         return {"kind": self.kind, "version": SPEC_VERSION, "tokenizer": "tokenizer.json", **self.settings}
 
+    def dynamic_axes(self) -> dict[str, dict[int, tuple[str, int]]]:
+        # Token sequences are as long as the batch's longest text.
+        tokens = ("tokens", self.settings["max_length"])
+        return {"input_ids": {1: tokens}, "attention_mask": {1: tokens}}
+
+    def examples(self, field: str, bundle: Path, directory: str, count: int) -> list[str]:
+        return [f"golden item {i} for {field}" for i in range(count)]
+
 
 class ImagePreparer(ContentPreparer):
     kind = "image"
+    reads_files = True
 
     def __init__(self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float]):
         self.resize, self.crop, self.mean, self.std = resize, crop, [float(m) for m in mean], [float(s) for s in std]
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], directory: Path) -> ImagePreparer:
+        return cls(spec["resize"], spec["crop"], spec["mean"], spec["std"])
 
     def read(self, content: str) -> np.ndarray:
         return image_pixels(content, self.resize, self.crop, self.mean, self.std)
@@ -195,12 +247,31 @@ class ImagePreparer(ContentPreparer):
         return {"kind": self.kind, "version": SPEC_VERSION, "resize": self.resize, "crop": self.crop,
                 "mean": self.mean, "std": self.std}
 
+    def examples(self, field: str, bundle: Path, directory: str, count: int) -> list[str]:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        (bundle / directory).mkdir(exist_ok=True)
+        names = []
+        for i in range(count):
+            # Not square and larger than the crop, so resizing and cropping both run.
+            size = (self.crop + 7 + 3 * i, self.crop + 2)
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            names.append(f"{directory}/{field}-{i}.png")
+            Image.fromarray(pixels).save(bundle / names[-1])
+        return names
+
 
 class AudioPreparer(ContentPreparer):
     kind = "audio"
+    reads_files = True
 
     def __init__(self, sample_rate: int, num_samples: int):
         self.sample_rate, self.num_samples = sample_rate, num_samples
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], directory: Path) -> AudioPreparer:
+        return cls(spec["sample_rate"], spec["num_samples"])
 
     def read(self, content: str) -> np.ndarray:
         return waveform(content, self.sample_rate, self.num_samples)
@@ -213,19 +284,34 @@ class AudioPreparer(ContentPreparer):
         return {"kind": self.kind, "version": SPEC_VERSION, "sample_rate": self.sample_rate,
                 "num_samples": self.num_samples}
 
+    def examples(self, field: str, bundle: Path, directory: str, count: int) -> list[str]:
+        import soundfile
+
+        rng = np.random.default_rng(0)
+        (bundle / directory).mkdir(exist_ok=True)
+        names = []
+        for i in range(count):
+            seconds = self.num_samples / self.sample_rate * (0.5 + 0.5 * i)  # short and long clips
+            t = np.arange(int(seconds * self.sample_rate)) / self.sample_rate
+            wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.normal(size=len(t))
+            names.append(f"{directory}/{field}-{i}.wav")
+            soundfile.write(bundle / names[-1], wave.astype(np.float32), self.sample_rate)
+        return names
+
+
+PREPARERS: dict[str, type[ContentPreparer]] = {preparer.kind: preparer
+                                              for preparer in (TextPreparer, ImagePreparer, AudioPreparer)}
+
+
+def preparer_type(spec: Mapping[str, Any]) -> type[ContentPreparer]:
+    """The preparer class of a bundle's ``spec``; a ContentError for a kind or version this fusionrec cannot read."""
+    kind = spec.get("kind")
+    if spec.get("version") != SPEC_VERSION or not isinstance(kind, str) or kind not in PREPARERS:
+        raise ContentError(f"unsupported content spec (kind {kind!r}, version {spec.get('version')!r}); "
+                           f"this fusionrec reads version {SPEC_VERSION}")
+    return PREPARERS[kind]
+
 
 def content_preparer(spec: Mapping[str, Any], directory: str | Path = ".") -> ContentPreparer:
     """The preparer a bundle's ``spec`` describes, reading its asset files from ``directory``."""
-    kind = spec.get("kind")
-    if spec.get("version") != SPEC_VERSION or kind not in ("text", "image", "audio"):
-        raise ContentError(f"unsupported content spec (kind {kind!r}, version {spec.get('version')!r}); "
-                           f"this fusionrec reads version {SPEC_VERSION}")
-    if kind == "image":
-        return ImagePreparer(spec["resize"], spec["crop"], spec["mean"], spec["std"])
-    if kind == "audio":
-        return AudioPreparer(spec["sample_rate"], spec["num_samples"])
-    from tokenizers import Tokenizer
-
-    # Bundles written before truncation_side was recorded truncated on the right, the default.
-    return TextPreparer(Tokenizer.from_file(str(Path(directory) / spec["tokenizer"])), spec["max_length"],
-                        spec["pad_id"], spec["pad_token"], spec["padding_side"], spec.get("truncation_side", "right"))
+    return preparer_type(spec).from_spec(spec, Path(directory))

@@ -123,8 +123,7 @@ class Scorer:
                  content_root: Path | None):
         self.bundle, self.max_batch_rows, self.fused_score = bundle, max_batch_rows, fused_score
         self.content_root = content_root.resolve() if content_root is not None else None
-        self.file_fields = {field for field, entry in bundle.content_fields.items()
-                            if entry["content"]["kind"] != "text"}
+        self.file_fields = {field for field, preparer in bundle.preparers.items() if preparer.reads_files}
         self.fields: dict[str, dict] = bundle.manifest["preprocessing"]
         self.batcher = MicroBatcher(bundle.run, max_batch_rows, max_wait_ms)
 

@@ -27,7 +27,7 @@ def attach_content_encoders(fields: dict[str, ContentField], tables: dict[str, A
             continue
         # One lookup over the items of every split, so an item shown in several is hashed once.
         items = list(dict.fromkeys(item for column in columns for item in column.contents))
-        features, present = cache.features(encoder, items, encoder.field.type)
+        features, present = cache.features(encoder, items)
         row = {item: i for i, item in enumerate(items)}
         for column in columns:
             rows = torch.tensor([row[item] for item in column.contents], dtype=torch.long)
