@@ -145,3 +145,22 @@ def test_numeric_na_values_count_as_missing_instead_of_failing():
     pre = fitted(train, {"year": {"type": "numeric", "na_values": ["unknown"]}})
     assert pre.state["features"]["year"]["mean"] == pytest.approx(1998.0)
     assert pre.transform(train, get_registry()).features["year"][:, 1].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_numeric_na_values_match_an_integer_columns_values_as_written():
+    """na_values are strings matched against each value's own: -1 in an integer column (and in a
+    request's JSON) is "-1"; -1.0 in a float column is "-1.0"."""
+    from fusionrec.serving.features import FeatureEncoder
+
+    train = pd.DataFrame({"age": [-1, 20, 40], "score": [-1.0, 2.0, 4.0], "y": [0, 1, 0]})
+    pre = fitted(train, {"age": {"type": "numeric", "na_values": [-1]},
+                         "score": {"type": "numeric", "na_values": ["-1"]}})
+    assert pre.state["features"]["age"]["mean"] == pytest.approx(30.0)
+    features = pre.transform(train, get_registry()).features
+    assert features["age"][:, 1].tolist() == [1.0, 0.0, 0.0]
+    assert features["score"][:, 1].tolist() == [0.0, 0.0, 0.0]
+    encode = FeatureEncoder({name: {**entry, "implementation": "fusionrec_features.tabular:Numeric"}
+                             for name, entry in pre.state["features"].items()})
+    served = encode({"age": [-1, 20, 40], "score": [-1.0, 2.0, 4.0]})
+    np.testing.assert_array_equal(served["age"], features["age"].numpy())
+    np.testing.assert_array_equal(served["score"], features["score"].numpy())

@@ -154,3 +154,20 @@ print(sorted(names))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert {"tabular", "content"} <= set(eval(result.stdout))
+
+
+def test_fitted_state_from_before_the_id_rule_is_refused_only_where_it_would_be_misread():
+    """Before id rule 2, a float id column with a non-whole value was read as "1.0" in training; now 1.0
+    reads "1". Such a checkpoint is refused with one message; other old checkpoints load as they were."""
+    from fusionrec.data.preprocessing import ID_RULE, Preprocessor
+    from fusionrec.errors import ConfigError
+
+    def state(vocabulary, **marker):
+        return {"features": {"price_band": {"type": "categorical", "vocabulary": vocabulary}}, "tasks": {},
+                "scenario": None, **marker}
+
+    with pytest.raises(ConfigError, match=r"preprocessing\.features\.price_band: .*'1\.0'.*train the model again"):
+        Preprocessor(state(["1.0", "1.5"]))
+    old = Preprocessor(state(["1", "a"]))
+    assert old.types["price_band"].transform(np.array([1.0, 7.0])).tolist() == [2, 1]
+    assert Preprocessor(state(["1.0", "1.5"], id_rule=ID_RULE)).types["price_band"].transform(["1.0"]).tolist() == [2]

@@ -48,6 +48,8 @@ def build_encoder(options: dict, length: int = LENGTH) -> SequenceEncoder:
                                    sequence_info((None, None), length), DIM, **options)
     for table in encoder.tables.values():  # away from the near-zero init, so that a leak would show
         torch.nn.init.normal_(table.weight)
+    if hasattr(encoder, "gate"):  # sasrec's output gate starts at 0 (silent until trained)
+        torch.nn.init.constant_(encoder.gate, 1.0)
     return encoder.eval()
 
 
@@ -128,6 +130,16 @@ def test_sasrec_reads_the_target_only_when_read_out_by_target_attention():
         assert not torch.allclose(by_target(history[:2], TARGET[:2]), by_target(history[:2], TARGET[2:]))
 
 
+def test_an_untrained_sasrec_is_silent_and_its_gate_learns():
+    """The output gate starts at 0 (the encoder adds nothing until trained) and gets a gradient."""
+    torch.manual_seed(0)
+    encoder = get_registry().build("encoders", "sasrec", "model.encoders.watched", sequence_info((None, None)), DIM)
+    output = encoder(histories(), None)
+    assert torch.equal(output, torch.zeros_like(output))
+    (encoder(histories(), None) * torch.randn(4, DIM)).sum().backward()
+    assert encoder.gate.grad is not None and encoder.gate.grad.abs() > 0
+
+
 def test_sasrec_attention_is_causal():
     """Every position's output, before the read-out, is blind to the elements after it: changing the
     most recent element changes only the last position."""
@@ -203,6 +215,20 @@ def test_an_encoder_reading_the_candidate_needs_shared_vocabularies():
     with pytest.raises(ConfigError, match=r"model\.encoders\.item_id: the 'din' encoder reads a sequence feature; "
                                           r"'item_id' is a categorical feature"):
         build_model({"name": "din"}, encoders={"item_id": {"name": "din"}})
+
+
+def test_a_sequence_or_content_field_with_an_encoder_of_another_kind_is_a_config_error():
+    """Not a shape error in the first batch: an id encoder would embed Long[B, L, P] or a batch's items."""
+    with pytest.raises(ConfigError, match=r"model\.encoders\.watched: 'watched' \(sequence\) is a sequence feature, "
+                                          r"which the 'categorical' encoder does not read; sequence encoders: .*din"):
+        build_model({"name": "categorical"})
+    poster = {**FIELDS, "poster": FieldInfo("poster", "image", extra={"strict": False})}
+    with pytest.raises(ConfigError, match=r"model\.encoders\.poster: 'poster' \(image\) is a content feature, "
+                                          r"which the 'categorical' encoder does not read; content encoders: .*image"):
+        build_model({"name": "din"}, poster, encoders={"poster": {"name": "categorical"}})
+    with pytest.raises(ConfigError, match=r"model\.encoders\.item_id: the 'image' encoder reads a content feature; "
+                                          r"'item_id' is a categorical feature"):
+        build_model({"name": "din"}, encoders={"item_id": {"name": "image", "backbone": "resnet18"}})
 
 
 @pytest.mark.parametrize("name", ["sequence_mean", "din", "sasrec_target"])

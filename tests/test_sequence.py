@@ -230,6 +230,30 @@ def test_iso_date_strings_order_like_the_dates_and_predict_rows_get_the_logs_eve
         kind.transform([["first", "middle", "late"]])[0, :, 0].tolist()]
 
 
+def test_date_times_of_different_units_and_date_objects_order_as_the_moments_they_are():
+    """Parquet gives datetime64[ms] (and date32 as datetime.date objects), parsed strings datetime64[us]:
+    ordered by their int64 values, a row in 2000 would see an event of 2024."""
+    import datetime
+
+    options = {"max_length": 5, "history": {"user": "user", "time": "time", "item": "item_id"}}
+    train = pd.DataFrame({"user": [1, 1], "item_id": ["y2024", "y1999"],
+                          "time": pd.to_datetime(["2024-01-01", "1999-06-01"]).as_unit("ms")})
+    kind = fitted(SequenceFeature, "watched", options, train["item_id"].to_numpy())
+    val = pd.DataFrame({"user": [1, 1], "time": ["2000-01-01", "2024-01-01T00:00:01+00:00"], "item_id": ["a", "b"]})
+    test = pd.DataFrame({"user": [1], "time": pd.Series([datetime.date(2023, 12, 31)], dtype=object),
+                         "item_id": ["c"]})
+    columns = build_histories({"train": train, "val": val, "test": test}, kind, KEY)
+    assert columns["val"].values()[..., 0].tolist() == [
+        kind.transform([["y1999"]])[0, :, 0].tolist(),
+        kind.transform([["y1999", "a", "c", "y2024"]])[0, :, 0].tolist()]
+    assert columns["test"].values()[..., 0].tolist() == [kind.transform([["y1999", "a"]])[0, :, 0].tolist()]
+    mixed = test.assign(time=pd.Series([datetime.date(2023, 12, 31), 5], dtype=object).iloc[:1])
+    mixed = pd.concat([mixed, mixed.assign(time=pd.Series([5], dtype=object))], ignore_index=True)
+    mixed.attrs["source"] = "log.csv"
+    with pytest.raises(DataError, match="column 'time' of log.csv: mixes dates and numbers, 5 at row 1"):
+        build_histories({"train": train, "test": mixed}, kind, KEY)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda f: f.drop(columns="user"), f"{KEY}.history.user: no column 'user' in log.csv"),
     (lambda f: f.drop(columns="timestamp"), f"{KEY}.history.time: no column 'timestamp'"),

@@ -35,7 +35,7 @@ def fusionrec_register_feature_types() -> dict[str, type]:
     the field's entry in a bundle's manifest (:class:`fusionrec.features.FeatureType`). Its module must
     import with numpy alone: a scoring service imports it by the ``implementation`` its bundle records.
     Built in: ``categorical``, ``multi_categorical``, ``numeric``, ``vector``, ``text``, ``image``,
-    ``audio``.
+    ``audio``, ``sequence``.
     """
 
 

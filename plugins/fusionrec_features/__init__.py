@@ -1,2 +1,3 @@
-"""Built-in feature types: ``categorical``, ``multi_categorical``, ``numeric``, ``vector`` (``tabular``) and
-``text``, ``image``, ``audio`` (``content``). Every module but ``plugin`` imports with numpy alone."""
+"""Built-in feature types: ``categorical``, ``multi_categorical``, ``numeric``, ``vector`` (``tabular``),
+``text``, ``image``, ``audio`` (``content``) and ``sequence`` (``sequence``). Every module but ``plugin``
+imports with numpy alone."""

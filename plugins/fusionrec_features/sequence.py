@@ -20,7 +20,7 @@ import numpy as np
 from fusionrec.errors import ConfigError
 from fusionrec.features.base import RESERVED, FeatureType, FeatureValueError, FieldInfo
 from fusionrec.features.values import (MAX_PARTS, MAX_TEXT_CHARS, Vocabulary, add_counts, checked_string, count,
-                                       distinct, is_null, ranked, shown)
+                                       distinct, is_null, object_array, ranked, shown)
 
 HISTORY_KEYS = ("user", "time", "item", "positive")
 Result = TypeVar("Result")
@@ -98,7 +98,7 @@ class SequenceFeature(FeatureType):
         if self.built:
             return count(*distinct(values))
         flat, counts = self._flatten(values)
-        ids = _objects([element[0] for element in flat] if self.parts > 1 else flat)
+        ids = object_array([element[0] for element in flat] if self.parts > 1 else flat)
         return count(*_in_cells(lambda: distinct(ids), counts))
 
     def merge(self, partials: Sequence[Any]) -> Any:
@@ -167,7 +167,8 @@ class SequenceFeature(FeatureType):
         are kept. Anything else raises FeatureValueError with its row."""
         length, parts = self.state["max_length"], self.parts
         flat, counts = self._flatten(values)
-        columns = [_objects(flat)] if parts == 1 else [_objects([element[k] for element in flat]) for k in range(parts)]
+        columns = [object_array(flat)] if parts == 1 else [object_array([element[k] for element in flat])
+                                                            for k in range(parts)]
         ids = _in_cells(lambda: self.element_ids(columns), counts)
         out = np.zeros((len(counts), length, parts), np.int64)
         # Left-padded: a row's i-th kept element of n goes to position L - n + i.
@@ -282,9 +283,3 @@ def _in_cells(encode: Callable[[], Result], counts: np.ndarray) -> Result:
 
 def _cells(values: Sequence[Any] | np.ndarray) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) and values.dtype != object else list(values)
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array

@@ -196,7 +196,8 @@ class Numeric(FeatureType):
         if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
             parsed = values.astype(np.float64)
             if na_values:
-                uniques, inverse = np.unique(parsed, return_inverse=True)
+                # Each value's own string, as for a request's values: an integer column's -1 is "-1".
+                uniques, inverse = np.unique(values, return_inverse=True)
                 parsed[np.array([str(u) in na_values for u in uniques.tolist()], bool)[inverse.reshape(-1)]] = np.nan
             infinite = np.isinf(parsed)
             if infinite.any():

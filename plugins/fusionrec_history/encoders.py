@@ -108,7 +108,8 @@ class SelfAttentionHistoryEncoder(SequenceEncoder):
     ``num_blocks`` blocks (:class:`SelfAttentionBlock`) in which position l attends to the present
     positions ``<= l``, and a final layer norm. ``readout: last`` (the default, as in the paper) takes
     the most recent position; ``readout: target`` lets the candidate attend over every position instead
-    (scaled dot product, softmax over the present ones). An empty history -> zeros.
+    (scaled dot product, softmax over the present ones), times a learned gate that starts at 0. An
+    empty history -> zeros.
     """
 
     def __init__(self, field: FieldInfo, dim: PositiveInt, num_blocks: PositiveInt = 2, num_heads: PositiveInt = 1,
@@ -124,8 +125,16 @@ class SelfAttentionHistoryEncoder(SequenceEncoder):
         self.input_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, num_heads, dropout) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(dim)
+        # The blocks' layer norms bring near-zero embeddings to unit scale, so an untrained encoder hands
+        # the trunk unit-sized noise; scaled by a learned gate that starts at 0, its output joins as it
+        # learns (ReZero-style). On MovieLens it lifted test liked AUC from 0.773 to 0.785 (benchmarks/history).
+        self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, history: Tensor, target: Tensor | None = None) -> Tensor:
+        return self.gate * self.read_out(history, target)
+
+    def read_out(self, history: Tensor, target: Tensor | None = None) -> Tensor:
+        """The ungated output ``[B, D]``."""
         x, present = self.embed_history(history)  # [B, L, D], Bool[B, L]
         length = history.shape[1]
         recency = torch.arange(length - 1, -1, -1, device=history.device)  # [L]: L-1 ... 0

@@ -12,6 +12,7 @@ from fusionrec.features.base import PADDING, FieldInfo
 # As the categorical encoder's tables: an id training never updates stays near the neutral point.
 EMBEDDING_INIT_STD = 1e-4
 
+
 class SequenceEncoder(FieldEncoder):
     """Base of every history encoder.
 

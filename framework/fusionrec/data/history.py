@@ -23,6 +23,7 @@ needs 60-85 bytes per row more while it runs (codes, keys and the sort, freed af
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 
 import numpy as np
@@ -189,11 +190,12 @@ def _time_ranks(columns: list[pd.Series], key: str) -> np.ndarray:
 
 
 def _times(values: pd.Series, key: str) -> tuple[str, np.ndarray]:
-    """``("number" | "date/time", [N] int64 or float64)``: one orderable array of the column's times."""
+    """``("number", [N] int64 or float64)`` or ``("date/time", [N] datetime64 in UTC)``: one orderable
+    array of the column's times."""
     where = f"{key}: column '{values.name}' of {values.attrs.get('source') or 'the data'}"
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values):
         _no_missing(values, where)
-        return "date/time", values.astype("int64").to_numpy()
+        return "date/time", _utc(values)
     if pd.api.types.is_bool_dtype(values) or not (pd.api.types.is_numeric_dtype(values) or
                                                    pd.api.types.is_object_dtype(values) or
                                                    pd.api.types.is_string_dtype(values)):
@@ -208,6 +210,14 @@ def _times(values: pd.Series, key: str) -> tuple[str, np.ndarray]:
         if odd is not None:
             raise DataError(f"{where}: mixes strings and numbers, {describe_value(values, odd)} among strings such "
                             f"as {describe_value(values, int(np.flatnonzero(is_text)[0]))}; times must be one kind")
+        # Date or datetime objects: what a Parquet date32 column reads as.
+        is_date = values.map(lambda value: isinstance(value, datetime.date)).to_numpy(bool)
+        if is_date.all():
+            return "date/time", _utc(pd.to_datetime(values, utc=True))
+        if is_date.any():
+            odd, date = int(np.flatnonzero(~is_date)[0]), int(np.flatnonzero(is_date)[0])
+            raise DataError(f"{where}: mixes dates and numbers, {describe_value(values, odd)} among dates such as "
+                            f"{describe_value(values, date)}; times must be one kind")
         numbers = pd.to_numeric(values, errors="coerce")
         if numbers.isna().any():
             position = int(np.flatnonzero(numbers.isna().to_numpy())[0])
@@ -222,7 +232,16 @@ def _times(values: pd.Series, key: str) -> tuple[str, np.ndarray]:
         failed = (dates.isna() if dates.isna().sum() <= numbers.isna().sum() else numbers.isna()).to_numpy()
         raise DataError(f"{where}: {describe_value(values, int(np.flatnonzero(failed)[0]))} is neither a number "
                         f"nor an ISO 8601 date/time ({int(failed.sum())} such row(s))")
-    return "date/time", dates.astype("int64").to_numpy()
+    return "date/time", _utc(dates)
+
+
+def _utc(dates: pd.Series) -> np.ndarray:
+    """``[N]`` datetime64 in UTC, without a time zone. Not their int64 values: those count in the column's
+    own unit (milliseconds from a Parquet file, microseconds from parsed strings), while numpy orders
+    and joins datetime64 arrays of any units correctly."""
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):
+        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+    return dates.to_numpy()
 
 
 def _no_missing(values: pd.Series, where: str) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fusionrec.features.base import FeatureType
 
+
 @dataclass
 class MediaBatch:
     """The distinct items of a batch: ``inputs`` (``prepare``'s tensors, or ``{"features": [U, width]}``

@@ -7,6 +7,7 @@ array: the very ``transform`` a bundle's scoring service calls.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -17,12 +18,31 @@ import torch
 from fusionrec.data.batches import TensorTable
 from fusionrec.data.media import media_column
 from fusionrec.data.schema import FeatureSpec, TaskSpec
-from fusionrec.errors import DataError, describe_value
+from fusionrec.errors import ConfigError, DataError, describe_value
 from fusionrec.features.base import (OUT_OF_VOCABULARY, PADDING, RESERVED, FeatureType,  # noqa: F401 (re-exported)
                                      FeatureValueError, FieldInfo)
 from fusionrec.plugins import Registry, get_registry
 
 Result = TypeVar("Result")
+
+# Id rule 2 (fusionrec.features.values.id_token): a whole float id is its integer's string, 1.0 -> "1",
+# value by value. Before it, training read a float column holding any non-whole value as "1.0" (serving
+# read "1"), so such a checkpoint's vocabulary holds "1.0"-style tokens its float ids no longer match.
+ID_RULE = 2
+_OLD_WHOLE_FLOAT = re.compile(r"-?\d+\.0")
+
+
+def check_id_rule(state: Mapping[str, Any]) -> None:
+    """Refuse fitted state from before :data:`ID_RULE` whose vocabularies the current rule would misread."""
+    if state.get("id_rule") == ID_RULE:
+        return
+    for name, entry in state["features"].items():
+        whole = next((token for token in entry.get("vocabulary") or () if _OLD_WHOLE_FLOAT.fullmatch(token)), None)
+        if whole is not None:
+            raise ConfigError(f"preprocessing.features.{name}: the vocabulary holds {whole!r}, a whole number "
+                              f"written as a float by a fusionrec before id rule {ID_RULE}, which now reads "
+                              f"{whole} as {str(int(float(whole)))!r} in training as in serving; train the model "
+                              f"again")
 
 
 def _where(frame: pd.DataFrame, column: str) -> str:
@@ -74,6 +94,7 @@ class Preprocessor:
     """
 
     def __init__(self, state: dict[str, Any], classes: Mapping[str, type[FeatureType]] | None = None):
+        check_id_rule(state)
         self.state = state
         # Each type's lookup tables are built once: streamed data is encoded a batch at a time.
         self.types = feature_types(state["features"], classes)
@@ -176,5 +197,5 @@ class IncrementalFit:
             column = parts[0] if len(parts) == 1 else pd.concat(parts)
             labels[name] = {"head": task.head, "label": task.label, "parent": task.parent,
                             "labels": head.fit_labels(column, self.where[task.label], task.options)}
-        return Preprocessor({"features": fitted, "tasks": labels, "scenario": self.scenario},
+        return Preprocessor({"features": fitted, "tasks": labels, "scenario": self.scenario, "id_rule": ID_RULE},
                             {name: spec.feature_type for name, spec in self.features.items()})

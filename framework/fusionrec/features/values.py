@@ -125,7 +125,7 @@ def distinct(values: Sequence[Any] | np.ndarray, token: Callable[[Any, int], str
     -1 where the token is None (a null). ``token(value, row)`` runs once per distinct value, and a
     FeatureValueError it raises is raised again with the value's first row; a numeric array goes through
     ``np.unique``, anything else through one dict lookup a row."""
-    array = values if isinstance(values, np.ndarray) else _objects(values)
+    array = values if isinstance(values, np.ndarray) else object_array(values)
     if array.dtype.kind in "iuf":
         present = ~np.isnan(array) if array.dtype.kind == "f" else np.ones(len(array), bool)
         raw, inverse = np.unique(array[present], return_inverse=True)
@@ -146,9 +146,10 @@ def distinct(values: Sequence[Any] | np.ndarray, token: Callable[[Any, int], str
     return _by_token(np.fromiter(map(index.__getitem__, cells), np.int64, len(cells)), list(index), token)
 
 
-def _objects(values: Sequence[Any]) -> np.ndarray:
+def object_array(values: Sequence[Any]) -> np.ndarray:
+    """``[N]`` object array of the values, one cell per value, even when the values are lists."""
     array = np.empty(len(values), dtype=object)
-    array[:] = list(values)  # one cell per value, even when the values are lists
+    array[:] = list(values)
     return array
 
 

@@ -116,17 +116,14 @@ class MultiTaskModel(nn.Module):
             encoder_name = options.pop("name", default_encoder(registry, info.type))
             factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
             dim = options.pop("dim", None)
-            sequence = isinstance(factory, type) and issubclass(factory, SequenceEncoder)
+            content = check_reads(registry, name, encoder_name, factory, info, ContentEncoder)
+            sequence = check_reads(registry, name, encoder_name, factory, info, SequenceEncoder)
             if sequence:
-                if "parts" not in info.extra:
-                    raise ConfigError(f"model.encoders.{name}: the '{encoder_name}' encoder reads a sequence feature; "
-                                      f"'{name}' is a {info.type} feature")
                 tables = shared_tables(name, info, built_encoders)
                 if dim is None and tables:  # by default a sequence is as wide as the table it shares
                     dim = next(iter(tables.values())).embedding_dim
             if dim is None:
                 dim = factory.default_dim(info, embedding_dim)
-            content = isinstance(factory, type) and issubclass(factory, ContentEncoder)
             if content:
                 options.setdefault("strict", info.extra.get("strict", False))
             built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
@@ -158,6 +155,28 @@ class MultiTaskModel(nn.Module):
         order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
         return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()},
                    scenario, targets)
+
+
+def check_reads(registry: Registry, name: str, encoder_name: str, factory: Any, info: FieldInfo,
+                base: type[ContentEncoder] | type[SequenceEncoder]) -> bool:
+    """Whether the encoder is a ``base`` (a content or a sequence encoder), which it must be exactly when
+    the field is a content or a sequence feature: any other encoder would fail on the field's input in
+    the first batch."""
+    reads = isinstance(factory, type) and issubclass(factory, base)
+    if base is ContentEncoder:
+        kind, field_is = "content", registry.get("feature_types", info.type, f"model.encoders.{name}").factory.content
+    else:
+        kind, field_is = "sequence", "parts" in info.extra
+    if reads and not field_is:
+        raise ConfigError(f"model.encoders.{name}: the '{encoder_name}' encoder reads a {kind} feature; "
+                          f"'{name}' is a {info.type} feature")
+    if field_is and not reads:
+        fitting = [other for other, component in registry.components["encoders"].items()
+                   if isinstance(component.factory, type) and issubclass(component.factory, base)]
+        raise ConfigError(f"model.encoders.{name}: '{name}' ({info.type}) is a {kind} feature, which the "
+                          f"'{encoder_name}' encoder does not read; {kind} encoders: "
+                          f"{', '.join(fitting) or '(none installed)'}")
+    return reads
 
 
 def shared_tables(name: str, info: FieldInfo, built: dict[str, nn.Module]) -> dict[int, nn.Embedding]:
