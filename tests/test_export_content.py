@@ -74,9 +74,13 @@ def export(tmp_path_factory):
 
 
 def held_out_rows(count: int = 48) -> pd.DataFrame:
-    """The log's last rows, with a title and an image missing."""
+    """The log's last rows, with a title and an image missing, and the history a service sends as a
+    list: 0 to 13 earlier [item, its category] pairs (more than the field's max_length of 10 in some
+    rows, truncated)."""
     rows = pd.read_parquet(quickstart_log(**LOG)).iloc[-count:].reset_index(drop=True)
     rows.loc[3, "item_title"], rows.loc[5, "item_image"] = None, None
+    items = rows[["item_id", "item_category"]].values.tolist()
+    rows["clicked_before"] = [[items[(row + k) % count] for k in range(row % 14)] for row in range(count)]
     return rows
 
 

@@ -144,7 +144,7 @@ def up_to_rounding(state: dict) -> dict:
                 for key, value in entry.items()}
     return {"features": {name: approximate(entry) for name, entry in state["features"].items()},
             "tasks": {name: {**task, "labels": approximate(task["labels"])} for name, task in state["tasks"].items()},
-            "scenario": state["scenario"]}
+            "scenario": state["scenario"], "id_rule": state["id_rule"]}
 
 
 def test_the_one_pass_fit_equals_the_in_memory_fit(shards, monkeypatch):
