@@ -408,6 +408,10 @@ def test_a_checkpoint_trained_with_another_history_rule_is_told_apart_from_the_c
     assert [difference.split(" is ")[0] for difference in config_differences({"hyper_parameters": hyper}, other,
                                                                              None, model)] == [
         "data.features.watched.history"]
+    # Sharing item_id's vocabulary instead of its own (the state keeps the choice as "shares").
+    shared = parse_features({"watched": {"type": "sequence", "vocabulary": "item_id", **options}})
+    assert config_differences({"hyper_parameters": hyper}, shared, None, model) == [
+        "data.features.watched.vocabulary is None in the checkpoint, 'item_id' in the config"]
 
 
 def test_a_list_column_through_the_preprocessor_and_a_bad_cell_named_by_file_column_and_row():

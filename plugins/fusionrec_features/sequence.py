@@ -46,6 +46,7 @@ class SequenceFeature(FeatureType):
                "history": None, "side": []}
     default_encoder = "sequence_mean"
     null_means = "an empty sequence (all padding)"
+    stored_as = {"vocabulary": "shares"}  # the state's "vocabulary" is the token list of an unshared one
 
     def __init__(self, name: str, state: Mapping[str, Any]):
         super().__init__(name, state)

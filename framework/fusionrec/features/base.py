@@ -73,6 +73,9 @@ class FeatureType:
     null_means: ClassVar[str] = "missing"  # what a null value encodes to, in words (manifest, docs)
     # Whether the column says whose row it is (an id): ``predict`` writes such columns beside the scores.
     key_column: ClassVar[bool] = False
+    # Options its fitted state keeps under another key, ``{option: state key}`` (checkpoints are checked
+    # against a config's options by them).
+    stored_as: ClassVar[Mapping[str, str]] = {}
     # A content type (text, image, audio) is prepared per distinct item by a content encoder instead of
     # ``transform``, and is served as an item vector; ``contents`` says what each cell's item is.
     content: ClassVar[bool] = False

@@ -24,7 +24,7 @@ REQUIRED = {"": ("state_dict", "hyper_parameters", "pytorch-lightning_version"),
 ARCHITECTURE = ("embedding_dim", "encoders", "fusion", "trunk", "balancer")
 # Feature options that change how values are encoded; the checkpoint's fitted state was made with its
 # own. (root and strict only say where content is read from and how strictly: they may change.)
-ENCODING_OPTIONS = ("separator", "max_length", "na_values", "hash_buckets", "history", "side")
+ENCODING_OPTIONS = ("separator", "max_length", "na_values", "hash_buckets", "history", "side", "vocabulary")
 
 
 def read_checkpoint(path: str | Path, option: str = "--ckpt") -> dict[str, Any]:
@@ -74,8 +74,9 @@ def config_differences(state: dict[str, Any], features: dict[str, FeatureSpec], 
         if entry is None or entry.get("type") != spec.type:
             continue  # said above
         for option in ENCODING_OPTIONS:
-            if option in spec.options and _plain(option, entry.get(option)) != _plain(option, spec.options[option]):
-                differences.append(f"data.features.{name}.{option} is {entry.get(option)!r} in the checkpoint, "
+            stored = entry.get(spec.feature_type.stored_as.get(option, option))
+            if option in spec.options and _plain(option, stored) != _plain(option, spec.options[option]):
+                differences.append(f"data.features.{name}.{option} is {stored!r} in the checkpoint, "
                                    f"{spec.options[option]!r} in the config")
     if preprocessing.get("scenario") != scenario:
         differences.append(f"data.scenario is {preprocessing.get('scenario')!r} in the checkpoint, "
