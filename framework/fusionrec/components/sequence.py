@@ -46,10 +46,6 @@ class SequenceEncoder(FieldEncoder):
                 nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
                 self.tables[str(index)] = table
 
-    def shared_parts(self) -> dict[int, str]:
-        """``{part index: categorical feature whose table it shares}``."""
-        return {index: part["shares"] for index, part in enumerate(self.parts) if part.get("shares") is not None}
-
     def share(self, part: int, table: nn.Embedding) -> None:
         """Use ``table`` (``[cardinality, dim]``, the shared feature's own module) for ``part``."""
         self.tables[str(part)] = table

@@ -255,15 +255,16 @@ class MultiTaskDataModule(LightningDataModule):
         rank 0 alone, which sends the fitted state to the other processes."""
         trainer = self.trainer
         distributed = trainer is not None and trainer.world_size > 1
-        state = None
+        fitted = None
         if not distributed or trainer.global_rank == 0:
-            state = (fit_streaming(self.shards["train"], self.feature_specs, self.task_specs, self.registry,
-                                   self.hparams.scenario, self.streaming.fit_rows) if self.streaming else
-                     Preprocessor.fit(self.splits["train"], self.feature_specs, self.task_specs, self.registry,
-                                      self.hparams.scenario)).state
-        if distributed:
-            state = trainer.strategy.broadcast(state)
-        return Preprocessor(state)
+            fitted = (fit_streaming(self.shards["train"], self.feature_specs, self.task_specs, self.registry,
+                                    self.hparams.scenario, self.streaming.fit_rows) if self.streaming else
+                      Preprocessor.fit(self.splits["train"], self.feature_specs, self.task_specs, self.registry,
+                                       self.hparams.scenario))
+        if not distributed:
+            return fitted  # its feature types are built already: no second build of every vocabulary
+        state = trainer.strategy.broadcast(fitted.state if fitted is not None else None)
+        return fitted if fitted is not None else Preprocessor(state)
 
     def _with_negatives(self) -> dict[str, Dataset]:
         """Each labelled split's table with its negatives: drawn per batch for training, once for val/test."""

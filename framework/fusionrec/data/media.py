@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -80,6 +81,13 @@ class MediaColumn:
 
 def media_column(values: pd.Series, kind: FeatureType) -> MediaColumn:
     """The column's items as its content type reads them (``kind.contents``), each distinct item once."""
-    codes, uniques = pd.factorize(pd.Series(kind.contents(values.astype(object).where(values.notna(), None).to_numpy()), dtype=object),
-                                  use_na_sentinel=True)
-    return MediaColumn(torch.from_numpy(codes.astype("int64")), [str(u) for u in uniques])
+    # The content rule runs once per distinct raw value (nulls are -1 already), not once per row; values
+    # that read as one item (" a" and "a") are merged by the second factorize. An object column holding
+    # other than strings goes row by row: factorize takes 7 and 7.0 as one key, the rule as two items.
+    raw_codes, raw = pd.factorize(values, use_na_sentinel=True)
+    raw = np.asarray(raw, dtype=object)
+    if values.dtype == object and not all(type(value) is str for value in raw):
+        raw_codes, raw = np.arange(len(values)), values.astype(object).where(values.notna(), None).to_numpy()
+    item_codes, uniques = pd.factorize(pd.Series(kind.contents(raw), dtype=object), use_na_sentinel=True)
+    codes = np.append(item_codes, -1).astype("int64")[raw_codes]
+    return MediaColumn(torch.from_numpy(codes), [str(u) for u in uniques])

@@ -133,18 +133,21 @@ class BundleWriter:
     def write(self, fused_score: dict | None, metrics: dict[str, float] | None) -> None:
         item_encoders = self.write_item_encoders()
         inputs, module_features = self.golden_rows()
+        # Content encoded once: the module's golden outputs and the scoring graph's example read it.
         with torch.no_grad():
-            outputs = self.module.model(module_features)
+            content_vectors = {name: content(module_features[name])  # missing rows hold the missing vector
+                               for name, content in self.module.content_fields().items()}
+            content_present = {name: module_features[name].present_rows() for name in content_vectors}
+            outputs = self.module.model(module_features, content_vectors, content_present)
         expected = {task: head.predict(outputs[task]) for task, head in self.module.model.heads.items()}
 
         # The scoring graph's example: the golden rows with content as item vectors.
         graph = ScoringGraph(self.module.model, list(self.content)).eval()
         tabular = {name: entry for name, entry in self.manifest_preprocessing.items() if not self.types[name].content}
         example = {name: torch.from_numpy(v) for name, v in FeatureEncoder(tabular)({n: inputs[n] for n in tabular}).items()}
-        for name, content in self.module.content_fields().items():
-            with torch.no_grad():
-                example[name] = content(module_features[name])  # missing rows hold the missing vector
-            example[present_input(name)] = module_features[name].present_rows()
+        for name, vectors in content_vectors.items():
+            example[name] = vectors
+            example[present_input(name)] = content_present[name]
         batch = torch.export.Dim("batch", min=1)
         write_programs(graph, "features", example, {name: {0: batch} for name in example}, list(expected),
                        self.staging / PROGRAM, self.staging / ONNX_GRAPH if self.with_onnx else None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import graphlib
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Collection, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -52,15 +52,16 @@ class MultiTaskModel(nn.Module):
         """The media fields' encoders, ``{field: ContentField}``."""
         return {name: encoder for name, encoder in self.encoders.items() if isinstance(encoder, ContentField)}
 
-    def encode(self, features: dict[str, Tensor | MediaBatch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def encode(self, features: dict[str, Tensor | MediaBatch],
+               skip: Collection[str] = ()) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The encoders of the fields in ``features`` (``{field: [N, ...]}``): ``({field: [N, D_f]},
         {media field: Bool[N] row has usable content})``. Top-K scoring encodes a catalogue's item
         fields once with it and passes the per-pair gathers to ``forward(..., encoded, present)``.
         A history read with the candidate (:attr:`targets`) is encoded only where ``features`` holds
-        the candidate's fields too: top-K scoring encodes it per pair."""
+        the candidate's fields too: top-K scoring encodes it per pair. ``skip``: fields encoded already."""
         encoded = {}
         for name, encoder in self.encoders.items():
-            if name not in features:
+            if name not in features or name in skip:
                 continue
             if name not in self.targets:
                 encoded[name] = encoder(features[name])
@@ -72,8 +73,9 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, features: dict[str, Tensor | MediaBatch], encoded: dict[str, Tensor] | None = None,
                 present: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """``encoded``/``present``: fields encoded beforehand (see :meth:`encode`), left out of ``features``."""
-        own_encoded, own_present = self.encode(features)
+        """``encoded``/``present``: fields encoded beforehand (see :meth:`encode`), not encoded again where
+        ``features`` holds them too (the scenario ids, a candidate's ids a history reads)."""
+        own_encoded, own_present = self.encode(features, encoded or {})
         encoded = {**own_encoded, **(encoded or {})}  # {F: [B, D_f]}
         present = {**own_present, **(present or {})}
         fused = self.fusion(encoded, present)  # [B, D]

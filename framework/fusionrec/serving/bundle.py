@@ -247,20 +247,22 @@ class Bundle:
         ``label`` names the field in messages (default ``field 'name'``)."""
         dim, label = self.content_fields[field]["dim"], label or f"field '{field}'"
         vectors, present = np.zeros((len(values), dim), dtype=np.float32), np.zeros(len(values), dtype=bool)
-        raw: dict[str, list[int]] = {}
+        texts: dict[int, str] = {}
         for row, value in enumerate(values):
             if value is None or (isinstance(value, float) and value != value):
                 continue
             if isinstance(value, str):
-                # the type's own rule, as in training: stripped, a blank text or path is no content
-                item = self.encode.types[field].contents([checked_string(value, label, row, MAX_TEXT_CHARS)])[0]
-                if item is not None:
-                    raw.setdefault(item, []).append(row)
+                texts[row] = checked_string(value, label, row, MAX_TEXT_CHARS)
                 continue
             if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != dim:
                 raise RequestError(f"{label}: row {row}: expected content (a string), an item vector of "
                                    f"{dim} numbers or null, got {shown(value)}")
             vectors[row], present[row] = float32_vector(value, dim, label, row), True
+        # the type's own rule, as in training: stripped, a blank text or path is no content
+        raw: dict[str, list[int]] = {}
+        for row, item in zip(texts, self.encode.types[field].contents(list(texts.values()))):
+            if item is not None:
+                raw.setdefault(item, []).append(row)
         if raw:
             encoded = self.encode_items(field, list(raw))
             for position, rows in enumerate(raw.values()):

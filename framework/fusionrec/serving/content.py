@@ -111,6 +111,13 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample(torch.from_numpy(wave), rate, target).numpy()
 
 
+def _stacked(items: list, shape: tuple[int, ...]) -> np.ndarray:
+    """Arrays of ``shape`` (``None``: not present, a zero placeholder) -> ``float32 [U, *shape]``."""
+    placeholder = np.zeros(shape, np.float32)
+    return np.stack([placeholder if item is None else item for item in items]) if items \
+        else np.zeros((0, *shape), np.float32)
+
+
 class ContentPreparer:
     """``__call__(contents) -> {input: array [U, ...], "present": Bool[U], "problems": [(content, reason)]}``.
 
@@ -239,9 +246,7 @@ class ImagePreparer(ContentPreparer):
         return image_pixels(content, self.resize, self.crop, self.mean, self.std)
 
     def batch(self, items: list) -> dict[str, np.ndarray]:
-        shape = (3, self.crop, self.crop)
-        return {"pixels": np.stack([np.zeros(shape, np.float32) if item is None else item for item in items])
-                if items else np.zeros((0, *shape), np.float32)}
+        return {"pixels": _stacked(items, (3, self.crop, self.crop))}
 
     def spec(self, assets: Path) -> dict[str, Any]:
         return {"kind": self.kind, "version": SPEC_VERSION, "resize": self.resize, "crop": self.crop,
@@ -277,8 +282,7 @@ class AudioPreparer(ContentPreparer):
         return waveform(content, self.sample_rate, self.num_samples)
 
     def batch(self, items: list) -> dict[str, np.ndarray]:
-        return {"waveform": np.stack([np.zeros(self.num_samples, np.float32) if item is None else item
-                                      for item in items]) if items else np.zeros((0, self.num_samples), np.float32)}
+        return {"waveform": _stacked(items, (self.num_samples,))}
 
     def spec(self, assets: Path) -> dict[str, Any]:
         return {"kind": self.kind, "version": SPEC_VERSION, "sample_rate": self.sample_rate,

@@ -139,12 +139,21 @@ class Scorer:
         if rows > self.max_batch_rows:
             raise HTTPException(413, f"{batch}: {rows} rows, more than this service's --max-batch-rows "
                                      f"{self.max_batch_rows}; split the request")
-        columns = {field: [self._file(cell, place[field], row) if field in self.file_fields else cell
-                           for row, cell in enumerate(values)] for field, values in columns.items()}
+        columns = {field: self._files(values, place[field]) if field in self.file_fields else values
+                   for field, values in columns.items()}
         inputs = self.bundle.encode(columns, labels=place)  # every value's type, range and length
         if rows == 0:
             raise RequestError(f"{batch}: no rows")
         return inputs, rows
+
+    def _files(self, cells: list, place: str) -> list:
+        """``_file`` for each cell of an image or audio column, each distinct path resolved once (a
+        ``/recommend`` user's file is repeated on every candidate's row)."""
+        resolved: dict[str, Any] = {}
+        for row, cell in enumerate(cells):
+            if isinstance(cell, str) and cell not in resolved:
+                resolved[cell] = self._file(cell, place, row)
+        return [resolved[cell] if isinstance(cell, str) else cell for cell in cells]
 
     def _file(self, cell: Any, place: str, row: int) -> Any:
         """An image or audio cell: a path is read only under --content-root (relative to it), so that a
