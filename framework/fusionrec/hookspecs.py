@@ -108,3 +108,20 @@ def fusionrec_register_balancers() -> dict[str, type]:
     A balancer combines the per-task losses into the one loss that is back-propagated,
     ``L = sum_i alpha_i * L_i`` for the built-in ``fixed`` balancer.
     """
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval models
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def fusionrec_register_retrieval_models() -> dict[str, type]:
+    """Register retrieval models: ``{name: RetrievalModel subclass}``.
+
+    A retrieval model (``model.retrieval``) encodes the user-side fields and the item-side fields
+    apart, into vectors that meet only in an inner product, so that a catalogue's item vectors are
+    computed once and a top K is a nearest-neighbour search. It is built as
+    ``factory(encoders, registry, **options)``: the fields' encoders (built like the multi-task
+    model's) and the registry, to build its own fusions and trunks by name.
+    """

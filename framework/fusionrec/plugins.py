@@ -24,7 +24,7 @@ from fusionrec.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "fusionrec"
 BUILTIN_DISTRIBUTION = "fusionrec"
-SLOTS = ("feature_types", "encoders", "fusions", "trunks", "heads", "balancers")
+SLOTS = ("feature_types", "encoders", "fusions", "trunks", "heads", "balancers", "retrieval_models")
 
 
 @dataclass(frozen=True)

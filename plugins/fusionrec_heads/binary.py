@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -12,8 +11,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAccuracy
 
 from fusionrec.components import Dropout, PositiveInt, TaskHead
-from fusionrec.components.head import as_tensor, numeric_labels
-from fusionrec.errors import DataError, describe_value
+from fusionrec.components.head import binary_labels
 from fusionrec_heads.metrics import BinaryLogLoss, DefinedBinaryAUROC
 
 
@@ -39,15 +37,7 @@ class BinaryHead(TaskHead):
 
     @classmethod
     def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
-        numbers = numeric_labels(values, where)
-        if state["threshold"] is not None:
-            return as_tensor(numbers >= state["threshold"], torch.float32)
-        outside = (numbers != 0) & (numbers != 1)
-        if outside.any():
-            position = int(np.flatnonzero(outside)[0])
-            raise DataError(f"{where}: a binary label must be 0 or 1, found {describe_value(values, position)} "
-                            f"({int(outside.sum())} such row(s)); set the task's 'threshold' to binarise it")
-        return as_tensor(numbers, torch.float32)
+        return binary_labels(values, state, where)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h)).squeeze(-1)

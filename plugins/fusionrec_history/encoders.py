@@ -32,9 +32,16 @@ class MeanHistoryEncoder(SequenceEncoder):
     once per user.
     """
 
+    encodes_positions = True
+
     def forward(self, history: Tensor, target: Tensor | None = None) -> Tensor:
         embedded, present = self.embed_history(history)  # [B, L, D], Bool[B, L]
         return embedded.sum(dim=1) / present.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def encode_positions(self, history: Tensor) -> Tensor:
+        embedded, present = self.embed_history(history)
+        means = embedded.cumsum(dim=1) / present.cumsum(dim=1).unsqueeze(-1).clamp(min=1)  # [B, L, D]
+        return torch.where(present.unsqueeze(-1), means, 0.0)
 
 
 class TargetAttentionHistoryEncoder(SequenceEncoder):
@@ -119,6 +126,7 @@ class SelfAttentionHistoryEncoder(SequenceEncoder):
             raise ConfigError(f"model.encoders.{field.name}.num_heads: {num_heads} does not divide the encoder's "
                               f"dim {dim}")
         self.reads_target = readout == "target"
+        self.encodes_positions = readout == "last"
         self.recency = nn.Embedding(self.length, dim)
         # Near zero like the id tables: recency starts neutral and is learned.
         nn.init.normal_(self.recency.weight, std=EMBEDDING_INIT_STD)
@@ -133,8 +141,23 @@ class SelfAttentionHistoryEncoder(SequenceEncoder):
     def forward(self, history: Tensor, target: Tensor | None = None) -> Tensor:
         return self.gate * self.read_out(history, target)
 
+    def encode_positions(self, history: Tensor) -> Tensor:
+        # Causal attention: position l reads elements <= l. Their recency counts from the window's end,
+        # as in the paper's training, where every position shares one pass over the padded sequence.
+        x, present = self.attend(history)
+        return self.gate * torch.where(present.unsqueeze(-1), x, 0.0)
+
     def read_out(self, history: Tensor, target: Tensor | None = None) -> Tensor:
         """The ungated output ``[B, D]``."""
+        x, present = self.attend(history)
+        if self.reads_target:
+            query = self.embed(target)  # [B, D]
+            scores = (x @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.embedding_dim)  # [B, L]
+            return (masked_softmax(scores, present).unsqueeze(-1) * x).sum(dim=1)
+        return torch.where(present[:, -1:], x[:, -1], 0.0)
+
+    def attend(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """``Long[B, L, P] -> ([B, L, D] after the blocks and the final norm, Bool[B, L] present)``."""
         x, present = self.embed_history(history)  # [B, L, D], Bool[B, L]
         length = history.shape[1]
         recency = torch.arange(length - 1, -1, -1, device=history.device)  # [L]: L-1 ... 0
@@ -148,9 +171,4 @@ class SelfAttentionHistoryEncoder(SequenceEncoder):
         allowed = ((causal & present.unsqueeze(1)) | itself).unsqueeze(1)  # [B, 1, L, L]
         for block in self.blocks:
             x = torch.where(present.unsqueeze(-1), block(x, allowed), 0.0)
-        x = self.norm(x)  # [B, L, D]
-        if self.reads_target:
-            query = self.embed(target)  # [B, D]
-            scores = (x @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(self.embedding_dim)  # [B, L]
-            return (masked_softmax(scores, present).unsqueeze(-1) * x).sum(dim=1)
-        return torch.where(present[:, -1:], x[:, -1], 0.0)
+        return self.norm(x), present

@@ -28,9 +28,13 @@ class SequenceEncoder(FieldEncoder):
     ``reads_target`` (class attribute, or set in ``__init__`` when an option decides it): the encoder
     reads the candidate, and the model passes ``target: Long[B, P]``, the candidate's id in each part's
     shared vocabulary (part 0: the candidate item id), embedded with the same tables.
+
+    ``encodes_positions``: the encoder implements :meth:`encode_positions`, every prefix's encoding at
+    once, which next-item retrieval training needs (each element is the target of the prefix before it).
     """
 
     reads_target: bool = False
+    encodes_positions: bool = False
 
     def __init__(self, field: FieldInfo, dim: PositiveInt):
         super().__init__(field, dim)
@@ -70,4 +74,9 @@ class SequenceEncoder(FieldEncoder):
 
     def forward(self, history: Tensor, target: Tensor | None = None) -> Tensor:
         """``history: Long[B, L, P]``, ``target: Long[B, P]`` (only when ``reads_target``) -> ``[B, dim]``."""
+        raise NotImplementedError
+
+    def encode_positions(self, history: Tensor) -> Tensor:
+        """``Long[B, L, P] -> [B, L, output_dim]``: position l encodes the elements up to and including l
+        only (a padded position: zeros); position L-1 is ``forward(history)``."""
         raise NotImplementedError

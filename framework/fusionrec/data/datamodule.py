@@ -221,6 +221,7 @@ class MultiTaskDataModule(LightningDataModule):
         if isinstance(model, MultiTaskModule):
             model.use_preprocessing(self.preprocessor.state)
             model.attach_content_encoders(self.tables)
+            model.use_splits(self.splits, self.tables)
 
     def _load(self) -> None:
         if self.tables:

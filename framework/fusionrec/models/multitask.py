@@ -107,36 +107,7 @@ class MultiTaskModel(nn.Module):
         """Build every component by registry name. ``tasks``: ``{task: {head, options}}``;
         ``fusion`` and ``trunk``: ``{name, **options}``; ``encoders``: per-field overrides;
         ``scenario``: the scenario column (``data.scenario``), needed by scenario-aware trunks."""
-        unknown = sorted(set(encoders) - set(fields))
-        if unknown:
-            raise ConfigError(f"model.encoders: no feature named {', '.join(unknown)}; features: {', '.join(fields)}")
-        built_encoders, targets = {}, {}
-        # Sequences sharing an id field's vocabulary last: they embed with that field's table.
-        for name, info in sorted(fields.items(), key=lambda item: any(part.get("shares") for part in
-                                                                      item[1].extra.get("parts", ()))):
-            options = dict(encoders.get(name, {}))
-            encoder_name = options.pop("name", default_encoder(registry, info.type))
-            factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
-            dim = options.pop("dim", None)
-            content = check_reads(registry, name, encoder_name, factory, info, ContentEncoder)
-            sequence = check_reads(registry, name, encoder_name, factory, info, SequenceEncoder)
-            if sequence:
-                tables = shared_tables(name, info, built_encoders)
-                if dim is None and tables:  # by default a sequence is as wide as the table it shares
-                    dim = next(iter(tables.values())).embedding_dim
-            if dim is None:
-                dim = factory.default_dim(info, embedding_dim)
-            if content:
-                options.setdefault("strict", info.extra.get("strict", False))
-            built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
-                                                  info, dim, **options)
-            if content:  # run once per distinct item of a batch
-                built_encoders[name] = ContentField(built_encoders[name])
-            if sequence:
-                share_tables(built_encoders[name], tables, name)
-                if built_encoders[name].reads_target:
-                    targets[name] = target_fields(built_encoders[name], encoder_name, name)
-        built_encoders = {name: built_encoders[name] for name in fields}  # the fusion's inputs in config order
+        built_encoders, targets = build_encoders(registry, fields, encoders, embedding_dim)
         fusion_options = dict(fusion)
         built_fusion = registry.build("fusions", fusion_options.pop("name"), "model.fusion",
                                       {name: encoder.output_dim for name, encoder in built_encoders.items()},
@@ -157,6 +128,43 @@ class MultiTaskModel(nn.Module):
         order = graphlib.TopologicalSorter({task: [head.parent] if head.parent else [] for task, head in heads.items()})
         return cls(built_encoders, built_fusion, built_trunk, {task: heads[task] for task in order.static_order()},
                    scenario, targets)
+
+
+def build_encoders(registry: Registry, fields: dict[str, FieldInfo], encoders: dict[str, dict[str, Any]],
+                   embedding_dim: int) -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
+    """Every field's encoder by registry name (``encoders``: per-field overrides ``{field: {name, dim,
+    **options}}``), in ``fields`` order: ``({field: encoder}, {sequence field: the candidate's features
+    it reads})`` (see :attr:`MultiTaskModel.targets`). Content encoders come wrapped in a :class:`ContentField`."""
+    unknown = sorted(set(encoders) - set(fields))
+    if unknown:
+        raise ConfigError(f"model.encoders: no feature named {', '.join(unknown)}; features: {', '.join(fields)}")
+    built_encoders, targets = {}, {}
+    # Sequences sharing an id field's vocabulary last: they embed with that field's table.
+    for name, info in sorted(fields.items(), key=lambda item: any(part.get("shares") for part in
+                                                                  item[1].extra.get("parts", ()))):
+        options = dict(encoders.get(name, {}))
+        encoder_name = options.pop("name", default_encoder(registry, info.type))
+        factory = registry.get("encoders", encoder_name, f"model.encoders.{name}").factory
+        dim = options.pop("dim", None)
+        content = check_reads(registry, name, encoder_name, factory, info, ContentEncoder)
+        sequence = check_reads(registry, name, encoder_name, factory, info, SequenceEncoder)
+        if sequence:
+            tables = shared_tables(name, info, built_encoders)
+            if dim is None and tables:  # by default a sequence is as wide as the table it shares
+                dim = next(iter(tables.values())).embedding_dim
+        if dim is None:
+            dim = factory.default_dim(info, embedding_dim)
+        if content:
+            options.setdefault("strict", info.extra.get("strict", False))
+        built_encoders[name] = registry.build("encoders", encoder_name, f"model.encoders.{name}",
+                                              info, dim, **options)
+        if content:  # run once per distinct item of a batch
+            built_encoders[name] = ContentField(built_encoders[name])
+        if sequence:
+            share_tables(built_encoders[name], tables, name)
+            if built_encoders[name].reads_target:
+                targets[name] = target_fields(built_encoders[name], encoder_name, name)
+    return {name: built_encoders[name] for name in fields}, targets
 
 
 def check_reads(registry: Registry, name: str, encoder_name: str, factory: Any, info: FieldInfo,

@@ -42,8 +42,8 @@ def _row(component: str, parameters: list[nn.Parameter], buffers: list, is_table
 
 def model_costs(model: nn.Module) -> list[Cost]:
     """One row per embedding table (an ``nn.Embedding``/``EmbeddingBag`` of an id field's encoder), per
-    field encoder's other parameters (a projection; a content field's whole backbone), then fusion,
-    trunk and heads."""
+    field encoder's other parameters (a projection; a content field's whole backbone), then each of the
+    model's other parts (fusion, trunk and heads; a retrieval model's towers)."""
     rows, listed = [], set()  # a table a sequence shares with its id field is listed once, under the id field
     for field, encoder in model.encoders.items():
         # A content field's backbone (a transformer's token embeddings included) is one encoder row:
@@ -58,9 +58,9 @@ def model_costs(model: nn.Module) -> list[Cost]:
         rest = [p for p in encoder.parameters() if id(p) not in in_tables]
         if rest or not tables:  # an encoder without parameters (a numeric field) is listed too
             rows.append(_row(f"{field} encoder", rest, list(encoder.buffers()), False))
-    for name in ("fusion", "trunk", "heads"):
-        module = getattr(model, name)
-        rows.append(_row(name, list(module.parameters()), list(module.buffers()), False))
+    for name, module in model.named_children():  # fusion, trunk and heads; a retrieval model's towers
+        if name != "encoders":
+            rows.append(_row(name, list(module.parameters()), list(module.buffers()), False))
     return rows
 
 

@@ -12,17 +12,18 @@ from fusionrec.plugins import Registry
 
 # Manifest section -> registry slot.
 MANIFEST_SLOTS = {"encoders": "encoders", "fusion": "fusions", "trunk": "trunks", "trunk_parts": "trunks",
-                  "heads": "heads", "balancer": "balancers"}
+                  "heads": "heads", "balancer": "balancers", "retrieval": "retrieval_models"}
 # The sections that name one component per field, trunk part or task.
 KEYED_SECTIONS = ("encoders", "trunk_parts", "heads")
 
 
 def component_manifest(registry: Registry, features: dict[str, dict[str, Any]], encoders: dict[str, dict[str, Any]],
                        fusion: dict[str, Any], trunk: dict[str, Any], heads: dict[str, str],
-                       balancer: dict[str, Any]) -> dict[str, Any]:
+                       balancer: dict[str, Any], retrieval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Registry name -> providing plugin, distribution and version, for every component in use.
     ``features``: the fitted preprocessing's ``{field: {type, ...}}``; ``encoders``: the per-field
-    overrides; ``fusion``, ``trunk``, ``balancer``: ``{name, **options}``; ``heads``: ``{task: head name}``."""
+    overrides; ``fusion``, ``trunk``, ``balancer``, ``retrieval`` (or None): ``{name, **options}``;
+    ``heads``: ``{task: head name}``."""
     def entry(slot: str, name: str) -> dict[str, str]:
         return {"name": name, **registry.get(slot, name, slot).manifest_entry()}
 
@@ -36,6 +37,7 @@ def component_manifest(registry: Registry, features: dict[str, dict[str, Any]], 
                         for node in trunk_tree(registry, trunk, "model.trunk")[:-1]},
         "heads": {task: entry("heads", head) for task, head in heads.items()},
         "balancer": entry("balancers", balancer["name"]),
+        "retrieval": entry("retrieval_models", retrieval["name"]) if retrieval else {},
     }
 
 

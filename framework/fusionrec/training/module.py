@@ -12,24 +12,30 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
+import pandas as pd
 from torch import Tensor
 
 import fusionrec
 from fusionrec.components import FieldEncoder
 from fusionrec.components.options import NonNegativeFloat, PositiveFloat, PositiveInt
-from fusionrec.data.batches import Batch
+from fusionrec.data.batches import Batch, TensorTable
 from fusionrec.data.preprocessing import RESERVED, Preprocessor
 from fusionrec.data.schema import parse_tasks
 from fusionrec.errors import ConfigError
 from fusionrec.models.content import ContentField
-from fusionrec.models.multitask import MultiTaskModel, check_trunk
+from fusionrec.components.retrieval import RetrievalHead, RetrievalModel
+from fusionrec.data.retrieval import RetrievalCatalogue
+from fusionrec.models.multitask import MultiTaskModel, build_encoders, check_trunk
 from fusionrec.plugins import check_options, get_registry
 from fusionrec.training import content, manifest, optimisation
 from fusionrec.training.cost import model_costs, print_costs, table_memory_warning
 from fusionrec.training.metrics import EvaluationMetrics, MissingContent
+from fusionrec.training.retrieval import RetrievalObjective
 
 # The component each of these model arguments names when a config leaves it unset.
-DEFAULT_COMPONENTS = {"fusion": "concat", "trunk": "shared_bottom", "balancer": "fixed"}
+DEFAULT_COMPONENTS = {"fusion": "concat", "trunk": "shared_bottom", "balancer": "fixed", "retrieval": "two_tower"}
+# model.retrieval's keys that are the module's (which columns name a row's user and item), not the model's.
+RETRIEVAL_KEYS = {"user_key": "user_id", "item_key": "item_id"}
 
 
 def component_config(key: str, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -48,6 +54,9 @@ class MultiTaskModule(LightningModule):
         trunk: ``{name: shared_bottom|mmoe|ple|star|pepnet|scenario_towers, **options}`` (the scenario-aware
             ones need data.scenario; docs/scenarios.md).
         balancer: ``{name: fixed, **options}``.
+        retrieval: ``{name: two_tower, user_key, item_key, **options}``: train a retrieval model (user and
+            item towers meeting in an inner product) on the ``retrieval`` task instead of the multi-task
+            stack (then fusion and trunk are unused; the towers name their own). docs/retrieval.md.
         embedding_budget_mib: fit warns when the embedding tables' weights exceed it (fit prints
             every table's and encoder's parameters and memory at its start either way).
         preprocessing: the fitted vocabularies and statistics, which the data module owns and hands
@@ -58,7 +67,7 @@ class MultiTaskModule(LightningModule):
     def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: PositiveInt = 16,
                  encoders: dict[str, dict[str, Any]] | None = None, fusion: dict[str, Any] | None = None,
                  trunk: dict[str, Any] | None = None, balancer: dict[str, Any] | None = None,
-                 learning_rate: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0,
+                 retrieval: dict[str, Any] | None = None, learning_rate: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0,
                  embedding_budget_mib: PositiveFloat | None = None, preprocessing: dict[str, Any] | None = None):
         super().__init__()
         # LightningCLI passes jsonargparse's int and float subclasses (PositiveInt, ...); checkpoints
@@ -75,8 +84,10 @@ class MultiTaskModule(LightningModule):
         self.balancer = self.registry.build("balancers", balancer_options.pop("name"), "model.balancer",
                                             {name: spec.weight for name, spec in self.task_specs.items()},
                                             **balancer_options)
+        self.retrieval_config = component_config("retrieval", retrieval) if retrieval is not None else None
         self._check_component_options()
-        self.model: MultiTaskModel | None = None
+        self.model: MultiTaskModel | RetrievalModel | None = None
+        self.objective: RetrievalObjective | None = None  # the retrieval loss, once the data is known
         self.missing_content = MissingContent()
         if preprocessing is not None:
             self._build(preprocessing)
@@ -97,6 +108,26 @@ class MultiTaskModule(LightningModule):
                 registry.check("encoders", options.pop("name"), key, options, skip=1 if "dim" in options else 2)
             elif "dim" in options:  # the field's default encoder depends on its type, known from the data
                 check_options(FieldEncoder, {"dim": options["dim"]}, key, skip=1)
+        retrieval_heads = {name for name, spec in self.task_specs.items()
+                           if issubclass(registry.get("heads", spec.head, f"model.tasks.{name}").factory, RetrievalHead)}
+        if self.retrieval_config is None:
+            if retrieval_heads:
+                raise ConfigError(f"model.tasks.{min(retrieval_heads)}: the retrieval head trains a retrieval model; "
+                                  f"set model.retrieval (its user and item towers), docs/retrieval.md")
+            return
+        options = self.retrieval_options()
+        registry.check("retrieval_models", options.pop("name"), "model.retrieval", options, skip=2)
+        if len(self.task_specs) != 1 or not retrieval_heads:
+            raise ConfigError(f"model.tasks: a retrieval model (model.retrieval) trains one task with the retrieval "
+                              f"head, whose label marks the positive rows; got {', '.join(self.task_specs)}")
+
+    def retrieval_options(self) -> dict[str, Any]:
+        """``model.retrieval`` without the module's keys: the retrieval model's name and options."""
+        return {key: value for key, value in self.retrieval_config.items() if key not in RETRIEVAL_KEYS}
+
+    def retrieval_key(self, key: str) -> str:
+        """``model.retrieval.user_key`` or ``item_key``: the column naming a row's user or item."""
+        return self.retrieval_config.get(key, RETRIEVAL_KEYS[key])
 
     def _build(self, preprocessing: dict[str, Any]) -> None:
         hp = self.hparams
@@ -105,15 +136,47 @@ class MultiTaskModule(LightningModule):
         missing = sorted(set(tasks) - set(preprocessing["tasks"]))
         if missing:
             raise ConfigError(f"model.tasks: task(s) {', '.join(missing)} have no fitted labels in the preprocessing")
-        self.model = MultiTaskModel.build(
-            self.registry, preprocessor.field_infos(), tasks,
-            {name: preprocessing["tasks"][name]["labels"] for name in tasks}, hp.embedding_dim,
-            dict(hp.encoders or {}), self.fusion_config, self.trunk_config, preprocessing.get("scenario"))
+        label_states = {name: preprocessing["tasks"][name]["labels"] for name in tasks}
+        if self.retrieval_config is not None:
+            self.model = self._build_retrieval(preprocessor, tasks, label_states)
+        else:
+            self.model = MultiTaskModel.build(
+                self.registry, preprocessor.field_infos(), tasks, label_states, hp.embedding_dim,
+                dict(hp.encoders or {}), self.fusion_config, self.trunk_config, preprocessing.get("scenario"))
         # With data.scenario, every task's metrics once more per scenario: (scenario name, its categorical id).
         self.scenario_column = preprocessing.get("scenario")
         vocabulary = preprocessing["features"][self.scenario_column]["vocabulary"] if self.scenario_column else []
         self.metrics = EvaluationMetrics(self.model.heads, [(name, position + RESERVED)
                                                             for position, name in enumerate(vocabulary)])
+
+    def _build_retrieval(self, preprocessor: Preprocessor, tasks: dict[str, dict[str, Any]],
+                         label_states: dict[str, dict]) -> RetrievalModel:
+        """The retrieval model of ``model.retrieval``, its one task's head in its ``heads``."""
+        if preprocessor.state.get("scenario"):
+            raise ConfigError("data.scenario: a retrieval model (model.retrieval) has no scenario-aware towers; "
+                              "put the scenario column among the user-side fields instead")
+        options = self.retrieval_options()
+        encoders, _ = build_encoders(self.registry, preprocessor.field_infos(), dict(self.hparams.encoders or {}),
+                                     self.hparams.embedding_dim)
+        model = self.registry.build("retrieval_models", options.pop("name"), "model.retrieval", encoders,
+                                    self.registry, **options)
+        for task, spec in tasks.items():
+            model.heads[task] = self.registry.build("heads", spec["head"], f"model.tasks.{task}", model.output_dim,
+                                                    label_states[task], **spec["options"])
+        return model
+
+    def use_splits(self, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable]) -> None:
+        """The data module's split frames and tables, handed over in its setup: a retrieval model's loss
+        draws its candidates from the training split's items (:class:`RetrievalCatalogue`)."""
+        if self.retrieval_config is None:
+            return
+        if "train" not in splits:
+            raise ConfigError("model.retrieval: a retrieval model needs the training split in memory (its items are "
+                              "the softmax's candidates); read it with data.path or data.train, not data.streaming")
+        (task, head), = self.model.heads.items()
+        catalogue = RetrievalCatalogue.build(splits, tables, task, self.retrieval_key("user_key"),
+                                             self.retrieval_key("item_key"), self.model.item_fields)
+        self.objective = RetrievalObjective(self.model, task, head, catalogue)
 
     def use_preprocessing(self, preprocessing: dict[str, Any]) -> None:
         """The data module's fitted preprocessing, handed over in its setup: kept in the hyperparameters,
@@ -158,8 +221,14 @@ class MultiTaskModule(LightningModule):
     def _losses(self, outputs: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
         return {task: head.loss(*self._labelled(task, outputs[task], batch)) for task, head in self.model.heads.items()}
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.missing_content.count(batch, "train")
+        if self.objective is not None:
+            loss = self.objective(batch, "train")
+            if loss is not None:  # None: no positive row in the batch, nothing to learn from
+                self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+                self.log(f"train/{self.objective.task}/loss", loss, batch_size=len(batch))
+            return loss
         losses = self._losses(self(batch.features), batch)
         total = self.balancer(losses, self.model.trunk.shared_parameters())
         self.log("train/loss", total, prog_bar=True, batch_size=len(batch))
@@ -171,8 +240,14 @@ class MultiTaskModule(LightningModule):
                           batch_size=len(batch))
         return total
 
-    def _evaluation_step(self, batch: Batch, stage: str) -> dict[str, Tensor]:
+    def _evaluation_step(self, batch: Batch, stage: str) -> dict[str, Tensor] | None:
         self.missing_content.count(batch, stage)
+        if self.objective is not None:
+            loss = self.objective(batch, stage)
+            if loss is not None:
+                self.log(f"{stage}/loss", loss, batch_size=len(batch), prog_bar=stage == "val", sync_dist=True)
+                self.log(f"{stage}/{self.objective.task}/loss", loss, batch_size=len(batch), sync_dist=True)
+            return None
         outputs = self(batch.features)
         losses = self._losses(outputs, batch)
         # The config's fixed weights, not a learned balancer's current ones: epochs stay comparable

@@ -1,0 +1,1 @@
+"""Built-in retrieval models and the retrieval task head."""
