@@ -60,6 +60,27 @@ def small_config(trunk: dict | None = None, **overrides) -> dict:
     return config
 
 
+def retrieval_config(encoder: str = "sasrec", **task_options) -> dict:
+    """A two-tower retrieval model on the small generated log: user id, segment and a clicked-items
+    history (``encoder``) against item id and category; one ``click`` retrieval task (``task_options``)."""
+    config = small_config()
+    features = config["data"]["features"]
+    config["data"]["features"] = {name: features[name] for name in ("user_id", "item_id", "user_segment",
+                                                                     "item_category", "user_age")}
+    config["data"]["features"]["clicked_before"] = {
+        "type": "sequence", "max_length": 8, "vocabulary": "item_id",
+        "history": {"user": "user_id", "time": "timestamp", "item": "item_id", "positive": {"column": "click"}}}
+    del config["data"]["scenario"]
+    config["trainer"]["max_epochs"] = 2
+    config["model"] = {"embedding_dim": 16, "learning_rate": 0.005,
+                       "encoders": {"clicked_before": {"name": encoder}},
+                       "retrieval": {"user": {"fields": ["user_id", "user_segment", "user_age", "clicked_before"],
+                                              "trunk": {"name": "shared_bottom", "hidden": [32]}},
+                                     "item": {"fields": ["item_id", "item_category"]}, "dim": 16},
+                       "tasks": {"click": {"head": "retrieval", **task_options}}}
+    return config
+
+
 def write_config(directory: Path, config: dict, name: str = "config.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

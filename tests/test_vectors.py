@@ -66,6 +66,8 @@ def test_exact_topk_bad_input(vectors):
         exact_topk(torch.from_numpy(users), torch.empty(0, 8), k=10)
     with pytest.raises(ConfigError, match="k must be at least 1, got 0"):
         exact_topk(torch.from_numpy(users), torch.from_numpy(items), k=0)
+    with pytest.raises(ConfigError, match="block_items must be at least 1, got -2"):
+        exact_topk(torch.from_numpy(users), torch.from_numpy(items), k=3, block_items=-2)
     with pytest.raises(DataError, match=r"must be \[U, 8\]"):
         exact_topk(torch.ones(2, 3), torch.from_numpy(items), k=1)
     with pytest.raises(DataError, match="item row 53 at pair 1 is outside 0..52"):

@@ -7,6 +7,10 @@ training stack (see :mod:`fusionrec.serving` and docs/export.md).
       item_encoder.<field>.pt2     per content field (text, image, audio): prepared content of U items
       item_encoder.<field>.onnx      -> item vectors [U, D]; the scoring graph takes the vectors
       assets/<field>/              what preparing content needs beyond its settings (a tokenizer.json)
+      user_tower.pt2, .onnx        a retrieval model's towers: that side's fields [B, ...] -> vectors [B, D];
+      item_tower.pt2, .onnx          model.pt2 is then each row's user-item score
+      item_vectors.npy             with --items (retrieval): the catalogue's item vectors [N, D] and keys
+      item_keys.json
       weights.safetensors          the model's parameters and buffers
       manifest.json                input signature, outputs by task and kind (with the golden check's
                                    tolerance), the fitted preprocessing (vocabularies with the

@@ -17,25 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import numpy as np
 from safetensors.torch import save_file
 from torch import Tensor
 
 import fusionrec
+from fusionrec.components.retrieval import RetrievalModel
 from fusionrec.data.media import MediaBatch
 from fusionrec.data.preprocessing import feature_types
 from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
-from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, write_programs
+from fusionrec.export.graphs import ItemEncoderGraph, PairGraph, ScoringGraph, TowerGraph, write_programs
+from fusionrec.export.retrieval import catalogue_vectors
 from fusionrec.features.base import FeatureType, implementation
-from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, MANIFEST, ONNX_GRAPH, PROGRAM, item_encoder_files,
-                                      present_input, write_checksums)
+from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, ITEM_KEYS, ITEM_VECTORS, MANIFEST, ONNX_GRAPH,
+                                      PROGRAM, TOWERS, item_encoder_files, present_input, tower_files, write_checksums)
 from fusionrec.serving.content import ContentPreparer, content_preparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.training.checkpoint import load_module
 
 WEIGHTS = "weights.safetensors"
+Catalogue = tuple[str, list[Any], np.ndarray]  # item key column, keys [N], item vectors float32 [N, D]
 OOV_RULE = ("ids are matched as strings (7, 7.0 and '7' are one id); vocabulary[i] has id i + 2; 0 is "
             "padding; unknown and missing values take id 1, the out-of-vocabulary embedding")
 CONTENT_RULE = ("a content field takes, per row, its raw content (a text, or an image/audio file path), "
@@ -70,6 +74,10 @@ class BundleWriter:
         self.manifest_preprocessing = {name: {**entry, "implementation": implementation(type(self.types[name]))}
                                        for name, entry in self.preprocessing.items()}
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
+        self.retrieval = isinstance(self.module.model, RetrievalModel)
+        if self.retrieval and self.content:
+            raise ConfigError(f"{self.checkpoint}: a retrieval model with content fields ({', '.join(self.content)}) "
+                              f"cannot be exported yet; its towers would need the content as item vectors")
         # Per content field, filled by write_item_encoders: the preparer a bundle rebuilds from its spec.
         self.preparers: dict[str, ContentPreparer] = {}
         self.golden_items: dict[str, list[str]] = {}  # texts, or files relative to the bundle
@@ -130,7 +138,44 @@ class BundleWriter:
             inputs[name][golden.VECTOR_ROW] = vector.tolist()
         return inputs, features
 
-    def write(self, fused_score: dict | None, metrics: dict[str, float] | None) -> None:
+    def write_towers(self, example: dict[str, Tensor], features: dict[str, Tensor], catalogue: Catalogue | None
+                     ) -> tuple[dict[str, Any], dict[str, list]]:
+        """A retrieval model's user and item tower programs (their ``example`` inputs: the golden rows'),
+        and the ``catalogue``'s item vectors: the manifest's ``retrieval`` section and the towers' golden
+        vectors (the module's on the golden ``features``)."""
+        model, towers, vectors = self.module.model, {}, {}
+        batch = torch.export.Dim("batch", min=1)
+        for side in TOWERS:
+            fields = model.user_fields if side == "user" else model.item_fields
+            inputs = {name: example[name] for name in fields}
+            pt2, onnx = tower_files(side)
+            write_programs(TowerGraph(model, side).eval(), "features", inputs, {name: {0: batch} for name in inputs},
+                           ["vector"], self.staging / pt2, self.staging / onnx if self.with_onnx else None)
+            towers[side] = {"fields": list(fields), "program": pt2, "onnx": onnx if self.with_onnx else None,
+                            "inputs": _signature(inputs, self.types)}
+            with torch.no_grad():
+                encode = model.encode_users if side == "user" else model.encode_items
+                vectors[side] = encode({name: features[name] for name in fields}).tolist()
+        entry = None
+        if catalogue is not None:
+            item_key, keys, item_vectors = catalogue
+            np.save(self.staging / ITEM_VECTORS, item_vectors, allow_pickle=False)
+            (self.staging / ITEM_KEYS).write_text(json.dumps(keys, allow_nan=False))
+            entry = {"vectors": ITEM_VECTORS, "keys": ITEM_KEYS, "items": len(keys), "item_key": item_key}
+        section = {"temperature": model.temperature, "dim": model.output_dim, "towers": towers,
+                   "golden_tolerance": golden.tolerance("vector"), "catalogue": entry}
+        return section, vectors
+
+    def catalogue(self, items: str | Path, item_key: str | None) -> Catalogue:
+        """``(item key column, keys, item vectors)`` of the items table ``items`` (``--items``)."""
+        if not self.retrieval:
+            raise ConfigError(f"--items: {self.checkpoint} has no user and item towers (it was trained without "
+                              f"model.retrieval); item vectors are for retrieval bundles")
+        item_key = item_key or self.module.retrieval_key("item_key")
+        return (item_key, *catalogue_vectors(self.module, items, item_key))
+
+    def write(self, fused_score: dict | None, metrics: dict[str, float] | None,
+              catalogue: Catalogue | None = None) -> None:
         item_encoders = self.write_item_encoders()
         inputs, module_features = self.golden_rows()
         # Content encoded once: the module's golden outputs and the scoring graph's example read it.
@@ -138,11 +183,13 @@ class BundleWriter:
             content_vectors = {name: content(module_features[name])  # missing rows hold the missing vector
                                for name, content in self.module.content_fields().items()}
             content_present = {name: module_features[name].present_rows() for name in content_vectors}
-            outputs = self.module.model(module_features, content_vectors, content_present)
+            outputs = (self.module.model(module_features) if self.retrieval
+                       else self.module.model(module_features, content_vectors, content_present))
         expected = {task: head.predict(outputs[task]) for task, head in self.module.model.heads.items()}
 
         # The scoring graph's example: the golden rows with content as item vectors.
-        graph = ScoringGraph(self.module.model, list(self.content)).eval()
+        graph = (PairGraph(self.module.model) if self.retrieval
+                 else ScoringGraph(self.module.model, list(self.content))).eval()
         tabular = {name: entry for name, entry in self.manifest_preprocessing.items() if not self.types[name].content}
         example = {name: torch.from_numpy(v) for name, v in FeatureEncoder(tabular)({n: inputs[n] for n in tabular}).items()}
         for name, vectors in content_vectors.items():
@@ -153,8 +200,11 @@ class BundleWriter:
                        self.staging / PROGRAM, self.staging / ONNX_GRAPH if self.with_onnx else None)
         save_file({k: v.detach().contiguous().clone() for k, v in self.module.model.state_dict().items()},
                   self.staging / WEIGHTS)
-        (self.staging / GOLDEN).write_text(json.dumps(
-            {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}))
+        golden_rows = {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}
+        retrieval = None
+        if self.retrieval:
+            retrieval, golden_rows["towers"] = self.write_towers(example, module_features, catalogue)
+        (self.staging / GOLDEN).write_text(json.dumps(golden_rows))
         checkpoint_state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         manifest = {
             "format": "fusionrec-bundle", "format_version": FORMAT_VERSION,
@@ -169,6 +219,8 @@ class BundleWriter:
             "test_metrics": metrics,
             "components": checkpoint_state.get("fusionrec", {}).get("components", {}),
         }
+        if retrieval is not None:
+            manifest["retrieval"] = retrieval
         # allow_nan=False: a non-finite number would make the manifest invalid JSON for other services.
         (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
         write_checksums(self.staging)
@@ -223,10 +275,13 @@ def _terminated_as_exit() -> Iterator[None]:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | None = None,
-                  combine: str = "product", test_metrics: bool = True, onnx: bool = True) -> Path:
+                  combine: str = "product", test_metrics: bool = True, onnx: bool = True,
+                  items: str | Path | None = None, item_key: str | None = None) -> Path:
     """Write the bundle of ``checkpoint`` to the directory ``out`` (which must not exist yet).
     ``score``/``combine``: the fused score ``POST /recommend`` ranks by (see ``fusionrec recommend``).
-    ``onnx``: also write the ONNX graphs, when the onnx extra is installed."""
+    ``onnx``: also write the ONNX graphs, when the onnx extra is installed. ``items`` (a retrieval
+    checkpoint): the catalogue table whose item vectors the bundle holds for ``/recommend``, keyed by
+    its column ``item_key`` (default: the checkpoint's ``model.retrieval.item_key``)."""
     out = Path(out)
     if out.exists():
         raise ConfigError(f"--out {out}: already exists; choose a new directory")
@@ -237,10 +292,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | N
         staging, lock = _staging_directory(out)
         try:
             writer = BundleWriter(checkpoint, staging, with_onnx)
+            # Before the slow steps: a bad items table is said at once.
+            catalogue = writer.catalogue(items, item_key) if items is not None else None
+            if score is not None and writer.retrieval:
+                raise ConfigError("--score: a retrieval bundle's /recommend ranks by its towers' score, so it takes "
+                                  "no fused score")
             tasks = list(writer.module.model.heads)
             fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
             metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None
-            writer.write(fused, metrics)
+            writer.write(fused, metrics, catalogue)
             try:
                 staging.rename(out)
             except OSError:  # another export finished first
@@ -266,12 +326,19 @@ def run_export(argv: list[str]) -> int:
     parser.add_argument("--combine", default="product", choices=COMBINATIONS, help="how --score combines tasks")
     parser.add_argument("--skip-test-metrics", action="store_true",
                         help="do not evaluate the checkpoint on its test split (e.g. when its data is not here)")
+    parser.add_argument("--items", help="a retrieval checkpoint's catalogue (Parquet/CSV: the item key column and the "
+                                        "item tower's fields, one row per item): its item vectors go into the bundle, "
+                                        "for POST /recommend")
+    parser.add_argument("--item-key", help="with --items: its key column (default: the checkpoint's "
+                                           "model.retrieval.item_key)")
     parser.add_argument("--no-onnx", action="store_true",
                         help="write the torch.export programs only (the ONNX export takes most of the time "
                              "for a model with text or image fields)")
     args = parser.parse_args(argv)
+    if args.item_key and not args.items:
+        raise ConfigError("--item-key applies to --items: give both")
     bundle = export_bundle(args.ckpt, args.out, args.score, args.combine, not args.skip_test_metrics,
-                           onnx=not args.no_onnx)
+                           onnx=not args.no_onnx, items=args.items, item_key=args.item_key)
     missing_onnx = not (args.no_onnx or (bundle / ONNX_GRAPH).exists())
     print(f"wrote {bundle}" + (" (no ONNX graphs: pip install 'fusionrec[onnx]' for them)" if missing_onnx else ""))
     return 0

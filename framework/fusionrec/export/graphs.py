@@ -7,6 +7,9 @@
   takes the candidate's ids from the same inputs (:attr:`MultiTaskModel.targets`).
 - :class:`ItemEncoderGraph` (``item_encoder.<field>.pt2``/``.onnx``, one per content field): the
   prepared content of U items (token ids, pixels, waveforms) -> item vectors ``[U, D]``.
+- A retrieval model's bundle: :class:`PairGraph` as ``model.pt2`` (each row's user-item score, so
+  ``/score`` and the golden check work as for any bundle) and :class:`TowerGraph` per side
+  (``user_tower.pt2``/``item_tower.pt2`` and ``.onnx``): that side's fields ``[B, ...]`` -> ``[B, D]``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusionrec.components.retrieval import RetrievalModel
 from fusionrec.models.multitask import MultiTaskModel
 from fusionrec.serving.bundle import present_input
 
@@ -35,6 +39,30 @@ class ScoringGraph(nn.Module):
                    for name in self.content_fields}  # {F: [B, D_f]}
         outputs = self.model(tabular, encoded, present)
         return {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
+
+
+class PairGraph(nn.Module):
+    """A retrieval model's score of each row's user and item: ``{field: [B, ...]} -> {task: [B]}``."""
+
+    def __init__(self, model: RetrievalModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        outputs = self.model(features)
+        return {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
+
+
+class TowerGraph(nn.Module):
+    """One side of a retrieval model: ``{field: [B, ...]}`` (``side``'s fields) -> ``[B, D]``."""
+
+    def __init__(self, model: RetrievalModel, side: str):
+        super().__init__()
+        self.model = model
+        self.encode = model.encode_users if side == "user" else model.encode_items
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.encode(features)
 
 
 class ItemEncoderGraph(nn.Module):

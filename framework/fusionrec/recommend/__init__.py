@@ -4,5 +4,7 @@
 from fusionrec.recommend.commands import evaluate_topk, recommend
 from fusionrec.serving.fused_score import FusedScore
 from fusionrec.recommend.metrics import topk_metrics
+from fusionrec.recommend.vectors import ApproximateIndex, exact_topk, recall_against
 
-__all__ = ["FusedScore", "evaluate_topk", "recommend", "topk_metrics"]
+__all__ = ["ApproximateIndex", "FusedScore", "evaluate_topk", "exact_topk", "recall_against", "recommend",
+           "topk_metrics"]

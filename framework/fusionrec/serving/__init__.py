@@ -5,6 +5,8 @@
     # bundle = load_onnx("bundle/")          # the ONNX graph: needs onnxruntime and numpy only
     scores = bundle.score({"user_id": ["u7", "u9"], "item_id": [31, 4], "price": [9.5, None], ...})
     # {"click": array([...]), "watch_time": array([...])}
+    bundle.recommend({"user_id": "u7", "clicked_before": [31, 4]}, k=10)  # a retrieval bundle with --items
+    # {"items": [keys, best first], "scores": array([...])}
 
 Both loaders first verify the bundle against its ``SHA256SUMS`` (every file listed, none changed, none
 outside the directory) and the manifest against the graphs they load, raising :class:`BundleError`

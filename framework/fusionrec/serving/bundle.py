@@ -3,7 +3,13 @@ rows and the golden-row check.
 
 A runtime (the torch.export program, the ONNX graph) subclasses :class:`Bundle` with ``load_graphs``
 (reading its graph files through ``Bundle.file`` and checking them with ``Bundle.check_graph``), ``run``
-(the scoring graph) and ``run_item_encoder`` (a content field's item encoder).
+(the scoring graph), ``run_item_encoder`` (a content field's item encoder) and ``run_tower`` (a
+retrieval bundle's user or item tower).
+
+A retrieval bundle (exported from a checkpoint with ``model.retrieval``) has a manifest section
+``retrieval``: ``temperature``, ``dim``, ``towers`` (``user``/``item``: ``fields``, ``program``, ``onnx``,
+``inputs``), ``golden_tolerance`` and ``catalogue`` (``vectors``: float32 ``[N, D]`` ``.npy``, ``keys``: a
+JSON list of the N item keys, ``item_key``; null when exported without ``--items``).
 
 Integrity: ``SHA256SUMS`` (the ``sha256sum`` format, so ``sha256sum -c SHA256SUMS`` checks a bundle too)
 lists every other file of the bundle, ``manifest.json`` included. A loader refuses a bundle without it,
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,15 +30,21 @@ from typing import Any
 import numpy as np
 
 from fusionrec.errors import ConfigError
+from fusionrec.features.values import id_token
 from fusionrec.serving.content import ContentError, ContentPreparer, preparer_type
-from fusionrec.serving.features import (MAX_TEXT_CHARS, FeatureEncoder, RequestError, checked_string, float32_vector,
-                                        present_input, shown)
+from fusionrec.serving.features import (MAX_TEXT_CHARS, FeatureEncoder, FeatureValueError, RequestError, checked_key,
+                                        checked_string, float32_vector, listed, present_input, request_error, shown)
 
-__all__ = ["ASSETS", "CHECKSUMS", "FORMAT_VERSION", "GOLDEN", "MANIFEST", "ONNX_GRAPH", "PROGRAM", "Bundle", "BundleError",
-           "file_sha256", "item_encoder_files", "present_input", "read_checksums", "write_checksums"]
+__all__ = ["ASSETS", "CHECKSUMS", "FORMAT_VERSION", "GOLDEN", "ITEM_KEYS", "ITEM_VECTORS", "MANIFEST", "NO_CATALOGUE",
+           "ONNX_GRAPH", "PROGRAM", "TOWERS", "Bundle", "BundleError", "file_sha256", "item_encoder_files",
+           "present_input", "read_checksums", "top_rows", "tower_files", "write_checksums"]
 
 MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "model.onnx", "golden.json", "assets"
 CHECKSUMS = "SHA256SUMS"
+TOWERS = ("user", "item")
+ITEM_VECTORS, ITEM_KEYS = "item_vectors.npy", "item_keys.json"
+NO_CATALOGUE = ("this bundle holds no item vectors to recommend from: export the checkpoint again with "
+                "--items ITEMS_TABLE (the catalogue: its key column and the item-side fields)")
 # 2: SHA256SUMS covers every file, manifest.json included; per-output golden tolerances. 3: each preprocessing
 # entry names its feature type's implementation.
 FORMAT_VERSION = 3
@@ -54,6 +67,20 @@ def file_sha256(path: Path) -> str:
 def item_encoder_files(field: str) -> tuple[str, str]:
     """A content field's item-encoder program and ONNX graph, relative to the bundle."""
     return f"item_encoder.{field}.pt2", f"item_encoder.{field}.onnx"
+
+
+def tower_files(side: str) -> tuple[str, str]:
+    """A retrieval bundle's ``side`` tower (``user`` or ``item``): its program and ONNX graph."""
+    return f"{side}_tower.pt2", f"{side}_tower.onnx"
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the ``k`` (<= ``len(scores)``) highest ``scores``, best first: a partition finds them
+    in linear time, and only those k are sorted."""
+    if k <= 0:
+        return np.empty(0, np.int64)
+    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return best[np.argsort(-scores[best], kind="stable")]
 
 
 def _bundle_files(directory: Path) -> list[str]:
@@ -152,7 +179,27 @@ class Bundle:
             self.encode = FeatureEncoder(self.manifest["preprocessing"], item_vectors=self.item_vectors)
         except ValueError as error:  # an implementation this environment cannot import, or the wrong one
             raise BundleError(f"{self.directory / MANIFEST}: preprocessing: {error}") from None
+        self.retrieval: dict[str, Any] | None = self.manifest.get("retrieval")
         self.load_graphs()
+        self.catalogue_keys: list[Any] = []
+        self.catalogue_vectors: np.ndarray | None = None  # float32 [N, D]
+        self._catalogue_rows: dict[str, int] = {}  # an item key's id token -> its row
+        if self.retrieval and self.retrieval.get("catalogue"):
+            self._read_catalogue(self.retrieval["catalogue"])
+
+    def _read_catalogue(self, entry: Mapping[str, Any]) -> None:
+        vectors_file, keys_file = self.file(entry["vectors"]), self.file(entry["keys"])
+        try:
+            vectors = np.load(vectors_file, allow_pickle=False)
+            keys = json.loads(keys_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise BundleError(f"{self.directory / MANIFEST}: catalogue: cannot read it ({error})") from None
+        dim = self.retrieval["dim"]
+        if not isinstance(keys, list) or vectors.dtype != np.float32 or vectors.shape != (len(keys), dim):
+            raise BundleError(f"{vectors_file}: expected float32 [{len(keys)}, {dim}] (one vector per key of "
+                              f"{entry['keys']}), got {vectors.dtype} {list(vectors.shape)}")
+        self.catalogue_keys, self.catalogue_vectors = keys, vectors
+        self._catalogue_rows = {id_token(key, row): row for row, key in enumerate(keys)}
 
     def _read_manifest(self) -> dict[str, Any]:
         path = self.file(MANIFEST)
@@ -185,13 +232,16 @@ class Bundle:
         raise NotImplementedError
 
     def check_graph(self, graph: str, inputs: Sequence[str], outputs: Sequence[str] | None = None,
-                    field: str | None = None) -> None:
-        """Refuse a manifest that does not describe the loaded ``graph``: its signature (``inputs``, or a
-        content field's item-encoder ``inputs`` when ``field`` is given) must name the graph's inputs,
-        which must be the ones the request encoder makes from ``preprocessing``, and its ``outputs`` the
-        graph's tasks."""
+                    field: str | None = None, tower: str | None = None) -> None:
+        """Refuse a manifest that does not describe the loaded ``graph``: its signature (``inputs``, a
+        content field's item-encoder ``inputs`` when ``field`` is given, or a retrieval ``tower``'s) must
+        name the graph's inputs, which must be the ones the request encoder makes from ``preprocessing``,
+        and its ``outputs`` the graph's tasks."""
         where = self.directory / MANIFEST
-        if field is None:
+        if tower is not None:
+            key = f"retrieval.towers.{tower}.inputs"
+            declared = [entry["name"] for entry in self.retrieval["towers"][tower]["inputs"]]
+        elif field is None:
             key, declared = "inputs", [entry["name"] for entry in self.manifest["inputs"]]
             encoded = [name for field_name, entry in self.manifest["preprocessing"].items() for name in
                        ((field_name, present_input(field_name)) if self.encode.types[field_name].content
@@ -223,9 +273,59 @@ class Bundle:
         """A content field's item encoder: prepared content ``{input: [U, ...]}`` -> ``[U, D]``."""
         raise NotImplementedError
 
+    def run_tower(self, side: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """A retrieval bundle's ``side`` tower: ``{input: [B, ...]}`` (that side's fields) -> ``[B, D]``."""
+        raise NotImplementedError
+
     def score(self, rows: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
         """``{field: [B] raw values}`` -> ``{task: [B] (or [B, C]) served scores}``."""
         return self.run(self.encode(rows))
+
+    def tower_vectors(self, side: str, rows: Mapping[str, Sequence[Any]], labels: Mapping[str, str] | None = None
+                      ) -> np.ndarray:
+        """A retrieval bundle's ``side`` tower (``user`` or ``item``): ``{field: [B] raw values}`` of that
+        side's fields (each required; no other) -> float32 ``[B, D]``. ``labels``: as for ``encode``."""
+        if not self.retrieval:
+            raise BundleError(f"{self.directory}: not a retrieval bundle (no user and item towers); export a "
+                              f"checkpoint trained with model.retrieval")
+        fields = self.retrieval["towers"][side]["fields"]
+        unknown = [(labels or {}).get(name, name) for name in rows if name not in fields]
+        if unknown:
+            raise RequestError(f"unknown field(s) {listed(unknown)}; the {side} tower's fields: {', '.join(fields)}")
+        return self.run_tower(side, self.encode(rows, labels, fields))
+
+    def recommend(self, user: Mapping[str, Any], k: int = 10, exclude: Sequence[Any] = (),
+                  labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A retrieval bundle's top ``k`` catalogue items for one user, best first: ``{"items": [keys],
+        "scores": float32 [K]}`` with score = <user vector, item vector> / temperature (exact, over every
+        item vector the bundle holds). ``user``: ``{field: value}`` for each user-tower field; a history is
+        a list, ``[]`` for a user without one (the tower then reads only the other fields). ``exclude``:
+        item keys never returned (matched as ids are: 7, 7.0 and "7" are one key; keys the catalogue
+        lacks are ignored). ``K = min(k, items not excluded)``: a ``k`` above the catalogue's size returns
+        all of it. ``labels``: how messages name a user field (``exclude`` is named ``exclude``)."""
+        if self.catalogue_vectors is None:
+            raise BundleError(f"{self.directory}: {NO_CATALOGUE}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise RequestError(f"k: expected a whole number >= 1, got {shown(k)}")
+        excluded = self.catalogue_rows(exclude, "exclude")
+        vector = self.tower_vectors("user", {field: [value] for field, value in user.items()}, labels)[0]
+        scores = self.catalogue_vectors @ vector / np.float32(self.retrieval["temperature"])  # [N]
+        scores[excluded] = -np.inf
+        rows = top_rows(scores, min(int(k), len(scores) - len(excluded)))
+        return {"items": [self.catalogue_keys[row] for row in rows], "scores": scores[rows]}
+
+    def catalogue_rows(self, keys: Sequence[Any], label: str) -> np.ndarray:
+        """The distinct catalogue rows of the item ``keys`` the catalogue holds (each key a string or a
+        number, or a RequestError naming ``label`` and its position)."""
+        rows = set()
+        for position, key in enumerate(keys):
+            try:
+                token = id_token(checked_key(key, label, position, "an item"), position)
+            except FeatureValueError as error:
+                raise request_error(label, error) from None
+            if token in self._catalogue_rows:
+                rows.add(self._catalogue_rows[token])
+        return np.fromiter(sorted(rows), np.int64, len(rows))
 
     def encode_items(self, field: str, contents: Sequence[Any]) -> np.ndarray:
         """Item vectors ``[U, D]`` of ``contents`` (texts, or image/audio file paths): what a service may
@@ -280,19 +380,26 @@ class Bundle:
                 inputs[field] = [str(self.file(v)) if isinstance(v, str) else v for v in inputs[field]]
         scores = self.score(inputs)
         for task, expected in golden["outputs"].items():
-            tolerance = self.manifest["outputs"][task]["golden_tolerance"]  # in every manifest since format_version 2
-            actual, expected = np.asarray(scores[task], dtype=np.float64), np.asarray(expected, dtype=np.float64)
-            if actual.shape != expected.shape:
-                raise AssertionError(f"{self.directory}: task '{task}' scores have shape {actual.shape}, the golden "
-                                     f"outputs {expected.shape}")
-            rtol, atol = tolerance["rtol"], tolerance["atol"]
-            if np.isclose(actual, expected, rtol=rtol, atol=atol).all():
-                continue
-            difference, allowed = np.abs(actual - expected), atol + rtol * np.abs(expected)
-            excess = np.where(np.isnan(difference), np.inf, difference - allowed)
-            worst = np.unravel_index(np.argmax(excess), excess.shape)
-            place = f"row {worst[0]}" + (f", class {worst[1]}" if len(worst) > 1 else "")
-            raise AssertionError(
-                f"{self.directory}: task '{task}' {place} scores {actual[worst]:.7g} against the golden "
-                f"{expected[worst]:.7g}: a difference of {difference[worst]:.3g} where {allowed[worst]:.3g} is "
-                f"allowed (rtol {rtol:g}, atol {atol:g})")
+            # in every manifest since format_version 2
+            self._compare(f"task '{task}'", scores[task], expected, self.manifest["outputs"][task]["golden_tolerance"])
+        for side, expected in golden.get("towers", {}).items():  # a retrieval bundle's towers, on the same rows
+            fields = self.retrieval["towers"][side]["fields"]
+            self._compare(f"the {side} tower", self.tower_vectors(side, {name: inputs[name] for name in fields}),
+                          expected, self.retrieval["golden_tolerance"])
+
+    def _compare(self, what: str, actual: Any, expected: Any, tolerance: Mapping[str, float]) -> None:
+        actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+        if actual.shape != expected.shape:
+            raise AssertionError(f"{self.directory}: {what} scores have shape {actual.shape}, the golden "
+                                 f"outputs {expected.shape}")
+        rtol, atol = tolerance["rtol"], tolerance["atol"]
+        if np.isclose(actual, expected, rtol=rtol, atol=atol).all():
+            return
+        difference, allowed = np.abs(actual - expected), atol + rtol * np.abs(expected)
+        excess = np.where(np.isnan(difference), np.inf, difference - allowed)
+        worst = np.unravel_index(np.argmax(excess), excess.shape)
+        place = f"row {worst[0]}" + (f", class {worst[1]}" if len(worst) > 1 else "")
+        raise AssertionError(
+            f"{self.directory}: {what} {place} scores {actual[worst]:.7g} against the golden "
+            f"{expected[worst]:.7g}: a difference of {difference[worst]:.3g} where {allowed[worst]:.3g} is "
+            f"allowed (rtol {rtol:g}, atol {atol:g})")

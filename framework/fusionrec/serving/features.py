@@ -22,6 +22,9 @@ from fusionrec.features.base import (OUT_OF_VOCABULARY, PADDING, RESERVED, Featu
 from fusionrec.features.values import MAX_CHARS, MAX_TEXT_CHARS, shown  # noqa: F401 (re-exported)
 
 
+MAX_PROBLEMS = 3  # envelope problems and field names in one message: a request may hold thousands
+
+
 def present_input(field: str) -> str:
     """The scoring graph's input saying which rows of a content field have content."""
     return f"{field}.present"
@@ -41,6 +44,22 @@ def checked_string(value: str, label: str, row: int, limit: int = MAX_CHARS) -> 
         return values.checked_string(value, row, limit)
     except FeatureValueError as error:
         raise request_error(label, error) from None
+
+
+def checked_key(key: Any, label: str, row: int, names: str) -> Any:
+    """``key`` if it can name an item (``names``: what it names, for the message): a string of valid
+    Unicode, or a finite number that is not a boolean; it is sent back as it came."""
+    if isinstance(key, str):
+        return checked_string(key, label, row)
+    if isinstance(key, bool) or not (isinstance(key, int) or isinstance(key, float) and np.isfinite(key)):
+        raise RequestError(f"{label}: row {row}: expected a string or a number naming {names}, got {shown(key)}")
+    return key
+
+
+def listed(names: list[str], separator: str = ", ") -> str:
+    """The first few of ``names``, each cut short, and how many more: a message stays one short line."""
+    more = f" and {len(names) - MAX_PROBLEMS} more" if len(names) > MAX_PROBLEMS else ""
+    return separator.join(f"{name:.60}" for name in names[:MAX_PROBLEMS]) + more
 
 
 def float32_vector(cell: Any, width: int, label: str, row: int) -> np.ndarray:
@@ -70,18 +89,21 @@ class FeatureEncoder:
         for kind in self.types.values():
             kind.link(self.types)
 
-    def __call__(self, rows: Mapping[str, Sequence[Any]], labels: Mapping[str, str] | None = None
-                 ) -> dict[str, np.ndarray]:
-        """``{field: [B] raw values}`` -> ``{field: array}``; every field required, all of one length.
-        ``labels``: how messages name a field (default ``field 'name'``; the service says ``rows.name``)."""
-        missing = [name for name in self.fields if name not in rows]
+    def __call__(self, rows: Mapping[str, Sequence[Any]], labels: Mapping[str, str] | None = None,
+                 fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{field: [B] raw values}`` -> ``{field: array}``; every field (or every one of ``fields``, one
+        tower's) required, all of one length. ``labels``: how messages name a field (default ``field
+        'name'``; the service says ``rows.name``)."""
+        fields = list(self.fields if fields is None else fields)
+        missing = [name for name in fields if name not in rows]
         if missing:
             raise RequestError(f"missing field(s): {', '.join(missing)}")
-        lengths = {name: len(rows[name]) for name in self.fields}
+        lengths = {name: len(rows[name]) for name in fields}
         if len(set(lengths.values())) > 1:
             raise RequestError(f"fields differ in length: {lengths}")
         encoded = {}
-        for name, kind in self.types.items():
+        for name in fields:
+            kind = self.types[name]
             label = (labels or {}).get(name, f"field '{name}'")
             cells = list(rows[name])
             if kind.content:

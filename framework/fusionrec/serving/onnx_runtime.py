@@ -30,6 +30,13 @@ class OnnxBundle(Bundle):
         for field, entry in self.content_fields.items():
             self.item_encoders[field] = _session(self.file(entry["onnx"]))
             self.check_graph(entry["onnx"], [node.name for node in self.item_encoders[field].get_inputs()], field=field)
+        self.towers = {}
+        for side, entry in (self.retrieval or {}).get("towers", {}).items():
+            if entry["onnx"] is None:
+                raise BundleError(f"{self.directory}: no ONNX graph of the {side} tower (exported with --no-onnx or "
+                                  f"without the onnx extra); load it with fusionrec.serving.load")
+            self.towers[side] = _session(self.file(entry["onnx"]))
+            self.check_graph(entry["onnx"], [node.name for node in self.towers[side].get_inputs()], tower=side)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.tasks, inputs)
@@ -37,3 +44,6 @@ class OnnxBundle(Bundle):
 
     def run_item_encoder(self, field: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.item_encoders[field].run(None, inputs)[0]
+
+    def run_tower(self, side: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.towers[side].run(None, inputs)[0]

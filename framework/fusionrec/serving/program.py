@@ -28,6 +28,12 @@ class ProgramBundle(Bundle):
             _, keywords = _structure(encoder.call_spec.in_spec)
             self.check_graph(entry["program"], list(keywords["inputs"]), field=field)
             self.item_encoders[field] = encoder.module()
+        self.towers = {}
+        for side, entry in (self.retrieval or {}).get("towers", {}).items():
+            tower = torch.export.load(self.file(entry["program"]))
+            _, keywords = _structure(tower.call_spec.in_spec)
+            self.check_graph(entry["program"], list(keywords["features"]), tower=side)
+            self.towers[side] = tower.module()
 
     @torch.no_grad()
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -37,3 +43,7 @@ class ProgramBundle(Bundle):
     @torch.no_grad()
     def run_item_encoder(self, field: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.item_encoders[field](inputs={name: torch.from_numpy(value) for name, value in inputs.items()}).numpy()
+
+    @torch.no_grad()
+    def run_tower(self, side: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.towers[side](features={name: torch.from_numpy(value) for name, value in inputs.items()}).numpy()

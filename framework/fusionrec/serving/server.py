@@ -3,6 +3,8 @@
     POST /score      {"rows": {field: [values]}}  (or [{field: value}, ...])  -> {"scores": {task: [...]}}
     POST /recommend  {"user": {field: value}, "items": {field: [values]}, "k": 10, "item_key": "item_id"}
                      -> {"items": [{item_key: id, "score": fused, "scores": {task: s}}, ...]}, best first
+                     A retrieval bundle (user and item towers): {"user": {field: value}, "k": 10,
+                     "exclude": [keys]} -> {"items": [keys], "scores": [...]}, the top k of its catalogue
     GET  /healthz    {"status": "ok", ...counters}
     GET  /metadata   the bundle's manifest (with the fused score in force)
 
@@ -32,21 +34,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionrec.errors import ConfigError
 from fusionrec.serving.batching import MicroBatcher
-from fusionrec.serving.bundle import Bundle
+from fusionrec.serving.bundle import NO_CATALOGUE, Bundle
 from fusionrec.serving.content import ContentError, existing_file
-from fusionrec.serving.features import MAX_CHARS, RequestError, checked_string, shown
+from fusionrec.serving.features import (MAX_CHARS, MAX_PROBLEMS, RequestError, checked_key, checked_string, listed,
+                                         shown)
 from fusionrec.serving.fused_score import FusedScore
 
 SCORE_HINT = ("start the service with --score, e.g. fusionrec serve BUNDLE --score '{click: 1, like: 0.5}', "
               "or export the bundle with one")
-MAX_PROBLEMS = 3  # envelope problems and field names in one message: a request may hold thousands
 logger = logging.getLogger("fusionrec.serving")
-
-
-def listed(names: list[str], separator: str = ", ") -> str:
-    """The first few of ``names``, each cut short, and how many more: a message stays one short line."""
-    more = f" and {len(names) - MAX_PROBLEMS} more" if len(names) > MAX_PROBLEMS else ""
-    return separator.join(f"{name:.60}" for name in names[:MAX_PROBLEMS]) + more
 
 
 class Answer(JSONResponse):
@@ -97,6 +93,15 @@ class RecommendRequest(BaseModel):
                    description="how many items to return (fewer when there are fewer candidates)")
     item_key: str = Field("item_id", max_length=MAX_CHARS,
                           description="the items field that identifies a candidate in the answer")
+
+
+class RetrieveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: dict[str, Any] = Field(description="{field: value}: the user tower's fields, one value each; a history is "
+                                             "a list of item ids, [] for a user without one")
+    k: int = Field(10, ge=1, strict=True,
+                   description="how many items to return (the whole catalogue when it holds fewer)")
+    exclude: list[Any] = Field([], description="item keys never returned (keys the catalogue lacks are ignored)")
 
 
 def columns_of(rows: Any) -> dict[str, list]:
@@ -214,6 +219,9 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         raise ConfigError(f"--max-batch-rows must be >= 1 and --max-wait-ms a finite number >= 0, got {max_batch_rows} "
                           f"and {max_wait_ms}")
     manifest = bundle.manifest
+    if bundle.retrieval and fused_score is not None:
+        raise ConfigError("--score: a retrieval bundle's /recommend ranks by its towers' score, so it takes no fused "
+                          "score")
     if fused_score is None and manifest.get("fused_score"):
         entry = manifest["fused_score"]
         fused_score = FusedScore.parse(entry["terms"], entry.get("combine", "product"), bundle.tasks,
@@ -256,7 +264,18 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         scores = await scorer.score(columns_of(request.rows), "rows")
         return Answer({"scores": {task: value.tolist() for task, value in scores.items()}})
 
-    @app.post("/recommend")
+    async def retrieve(request: RetrieveRequest) -> JSONResponse:
+        if bundle.catalogue_vectors is None:
+            raise HTTPException(400, f"/recommend: {NO_CATALOGUE}")
+        labels = {field: f"user.{field:.60}" for field in request.user}
+        # Off the event loop: the user tower and the catalogue's scores take a while on a large one.
+        top = await asyncio.to_thread(bundle.recommend, request.user, request.k, request.exclude, labels)
+        unscored(top["scores"][None], "user")
+        return Answer({"items": top["items"], "scores": top["scores"].tolist()})
+
+    if bundle.retrieval:
+        app.post("/recommend")(retrieve)
+
     async def recommend(request: RecommendRequest) -> JSONResponse:
         if scorer.fused_score is None:
             raise HTTPException(400, f"/recommend needs a fused score and this service has none: {SCORE_HINT}")
@@ -269,11 +288,7 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         keys = items[request.item_key] if request.item_key in scorer.fields else items.pop(request.item_key)
         where = f"items.{request.item_key:.60}"
         for row, key in enumerate(keys):  # sent back as they came: a name, not any JSON value
-            if isinstance(key, str):
-                checked_string(key, where, row)
-            elif isinstance(key, bool) or not (isinstance(key, int) or isinstance(key, float) and np.isfinite(key)):
-                raise RequestError(f"{where}: row {row}: expected a string or a number naming the candidate, "
-                                   f"got {shown(key)}")
+            checked_key(key, where, row, "the candidate")
         both = sorted(set(request.user) & set(items))
         if both:
             raise RequestError(f"user and items both hold {listed(both)}; give each field once")
@@ -285,6 +300,9 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         return Answer({"items": [
             {request.item_key: keys[row], "score": float(fused[row]),
              "scores": {task: value[row].tolist() for task, value in scores.items()}} for row in best]})
+
+    if not bundle.retrieval:
+        app.post("/recommend")(recommend)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

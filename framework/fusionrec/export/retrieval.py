@@ -1,0 +1,42 @@
+"""A retrieval bundle's catalogue: the item tower's vector of every item of an items table, with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionrec.errors import DataError
+from fusionrec.features.base import FeatureValueError
+from fusionrec.features.values import id_token
+from fusionrec.recommend.catalogue import read_side, transform_side
+from fusionrec.recommend.towers import TowerSearch
+from fusionrec.training.module import MultiTaskModule
+
+CHUNK_ROWS = 4096  # items per item-tower run: one chunk's activations bound the memory beyond the table's
+
+
+def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, chunk_rows: int = CHUNK_ROWS
+                      ) -> tuple[list[Any], np.ndarray]:
+    """``(keys [N], float32 [N, D])``: the items of the table ``path`` (``--items``: ``item_key`` and the item
+    tower's fields as columns, one row per item) by the checkpoint's item tower, ``chunk_rows`` at a time.
+    Keys are kept as the table holds them (numbers stay numbers) and must be distinct ids."""
+    model = module.model
+    items = read_side(str(path), item_key, "--items")  # an empty table or a repeated key is refused there
+    missing = [name for name in model.item_fields if name not in items.frame.columns]
+    if missing:
+        raise DataError(f"--items: {path} has no column '{missing[0]}', an item-side field of the retrieval model "
+                        f"(model.retrieval.item.fields: {', '.join(model.item_fields)})")
+    keys = items.frame[item_key].tolist()
+    for row, key in enumerate(keys):
+        try:
+            token = id_token(key, row)
+        except FeatureValueError as error:
+            raise DataError(f"--items: {path}, column '{item_key}': row {row}: {error.message}") from None
+        if token is None:
+            raise DataError(f"--items: {path}, column '{item_key}': row {row} has no key; every item needs one")
+    items.fields = list(model.item_fields)
+    transform_side(items, module.hparams.preprocessing)
+    vectors = TowerSearch(module, max_rows=chunk_rows).vectors(items, np.arange(len(keys)), "items")
+    return keys, vectors.numpy()
