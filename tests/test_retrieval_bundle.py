@@ -4,12 +4,15 @@ checkpoint, the catalogue's item vectors, and ``POST /recommend`` answering the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import SMALL_LOG, retrieval_config, write_config
+from test_export import TRAINING_STACK
 from fastapi.testclient import TestClient
 
 from fusionrec.cli import main
@@ -107,6 +110,22 @@ def test_recommend_answers_the_checkpoints_exact_top_k(exported, module, users):
             str(key) for key in keys if key not in (keys[5], keys[7], keys[11]))
         assert everything["scores"] == sorted(everything["scores"], reverse=True)
         assert len(client.post("/recommend", json={"user": body["user"]}).json()["items"]) == 10  # the default k
+
+
+def test_the_onnx_bundle_recommends_in_a_process_without_torch_or_the_training_stack(exported, users, tmp_path):
+    user = {field: values[1] for field, values in users.items()}  # the user without a history
+    script = f"""
+import sys
+for blocked in {TRAINING_STACK + ("torch", "fusionrec_retrieval")!r}:
+    sys.modules[blocked] = None  # importing any of them now fails
+from fusionrec.serving import load_onnx
+bundle = load_onnx({str(exported[2])!r})
+bundle.check()
+print(bundle.recommend({user!r}, k=3)["items"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(load(exported[2]).recommend(user, k=3)["items"])
 
 
 @pytest.mark.parametrize("change, message", [

@@ -25,8 +25,9 @@ class RetrievalCatalogue:
     split's table with its item-side fields only, ``first_rows``: ``[I]`` each item's first row in it
     (:meth:`features` gathers them); ``keys``: the items' keys; ``counts``: ``[I]`` training positives
     per item; ``item_rows``/``user_codes``: ``{split: [N]}`` each row's catalogue item (-1: not in the
-    training split) and user number; ``positives``: the training positives as sorted codes
-    ``user * I + item``."""
+    training split) and user number; ``positive_items``: the items of each user's training positives,
+    user by user, user u's from ``positive_starts[u]`` to ``positive_starts[u + 1]``; ``sequence_ends``:
+    ``Bool[N]`` the training rows next-item training reads (:func:`sequence_ends`), or None."""
 
     items: TensorTable
     first_rows: Tensor
@@ -34,13 +35,17 @@ class RetrievalCatalogue:
     counts: Tensor
     item_rows: dict[str, Tensor]
     user_codes: dict[str, Tensor]
-    positives: Tensor
+    positive_items: Tensor
+    positive_starts: Tensor
+    sequence_ends: Tensor | None = None
 
     @classmethod
     def build(cls, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable], task: str, user_key: str,
-              item_key: str, item_fields: list[str]) -> "RetrievalCatalogue":
+              item_key: str, item_fields: list[str], sequences: tuple[str | None, int] | None = None
+              ) -> "RetrievalCatalogue":
         """From the labelled splits (frames and their tables, row for row); ``task``: the retrieval task,
-        whose label 1 marks a positive."""
+        whose label 1 marks a positive; ``sequences``: ``(time column or None, history length)`` for
+        next-item training."""
         labelled = [name for name in splits if name != "predict"]
         for name in labelled:
             require_columns(splits[name], {user_key: "model.retrieval.user_key", item_key: "model.retrieval.item_key"})
@@ -65,8 +70,13 @@ class RetrievalCatalogue:
                       for name, part in zip(labelled, np.split(users, ends[:-1]))}
         positive = train_table.labels[task] > 0.5
         counts = torch.bincount(item_rows["train"][positive], minlength=len(keys)).float()
-        positives = torch.unique(user_codes["train"][positive] * len(keys) + item_rows["train"][positive])
-        return cls(items, first_rows, np.asarray(keys, dtype=object), counts, item_rows, user_codes, positives)
+        pairs = torch.unique(user_codes["train"][positive] * len(keys) + item_rows["train"][positive])  # sorted by user
+        starts = torch.zeros(int(users.max(initial=-1)) + 2, dtype=torch.long)
+        starts[1:] = torch.bincount(pairs // len(keys), minlength=len(starts) - 1).cumsum(0)
+        ends = None if sequences is None else torch.as_tensor(
+            sequence_ends(train, positive.numpy(), user_codes["train"].numpy(), *sequences))
+        return cls(items, first_rows, np.asarray(keys, dtype=object), counts, item_rows, user_codes,
+                   pairs % len(keys), starts, ends)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -80,4 +90,35 @@ class RetrievalCatalogue:
         return RetrievalCatalogue(self.items, self.first_rows, self.keys, self.counts.to(device),
                                   {name: rows.to(device) for name, rows in self.item_rows.items()},
                                   {name: codes.to(device) for name, codes in self.user_codes.items()},
-                                  self.positives.to(device))
+                                  self.positive_items.to(device), self.positive_starts.to(device),
+                                  None if self.sequence_ends is None else self.sequence_ends.to(device))
+
+    def other_positives(self, users: Tensor, targets: Tensor, candidates: Tensor) -> Tensor:
+        """``Bool[R, C]``: candidate c (``candidates``: sorted items) is a training positive of example r's
+        user (``users [R]``) other than its target (``targets [R]``)."""
+        starts, ends = self.positive_starts[users], self.positive_starts[users + 1]
+        counts = ends - starts  # [R]
+        example = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)  # [P]
+        first = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts)
+        items = self.positive_items[first + torch.arange(len(example), device=users.device)]  # [P]
+        columns = torch.searchsorted(candidates, items).clamp(max=len(candidates) - 1)
+        hit = (candidates[columns] == items) & (items != targets[example])
+        mask = torch.zeros(len(users), len(candidates), dtype=torch.bool, device=users.device)
+        mask[example[hit], columns[hit]] = True
+        return mask
+
+
+def sequence_ends(frame: pd.DataFrame, positive: np.ndarray, users: np.ndarray, time: str | None,
+                  length: int) -> np.ndarray:
+    """``Bool[N]``: each user's last positive row and every ``length``-th positive row before it, in
+    ``time`` order (file order without one). A row's history holds the ``length`` events before it, so
+    next-item training on these rows' every position sees each event about once per epoch, where
+    every row would see it up to ``length`` times."""
+    rows = np.flatnonzero(positive)
+    order = pd.factorize(frame[time], sort=True)[0][rows] if time else np.arange(len(rows))
+    ranked = pd.DataFrame({"user": users[rows], "order": order, "row": rows}).sort_values(["user", "order"],
+                                                                                        kind="stable")
+    from_end = ranked.groupby("user").cumcount(ascending=False).to_numpy()
+    ends = np.zeros(len(frame), dtype=bool)
+    ends[ranked["row"].to_numpy()[from_end % length == 0]] = True
+    return ends

@@ -174,8 +174,12 @@ class MultiTaskModule(LightningModule):
             raise ConfigError("model.retrieval: a retrieval model needs the training split in memory (its items are "
                               "the softmax's candidates); read it with data.path or data.train, not data.streaming")
         (task, head), = self.model.heads.items()
+        sequences = None
+        if head.next_item in self.hparams.preprocessing["features"]:
+            state = self.hparams.preprocessing["features"][head.next_item]
+            sequences = ((state.get("history") or {}).get("time"), state["max_length"])
         catalogue = RetrievalCatalogue.build(splits, tables, task, self.retrieval_key("user_key"),
-                                             self.retrieval_key("item_key"), self.model.item_fields)
+                                             self.retrieval_key("item_key"), self.model.item_fields, sequences)
         self.objective = RetrievalObjective(self.model, task, head, catalogue)
 
     def use_preprocessing(self, preprocessing: dict[str, Any]) -> None:

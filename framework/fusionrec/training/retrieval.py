@@ -55,9 +55,8 @@ class RetrievalObjective:
             logits = logits - expected.log()
         columns = torch.searchsorted(candidates, targets)  # [R]
         if self.head.exclude_positives:
-            codes = examples.unsqueeze(1) * len(self.catalogue) + candidates.unsqueeze(0)  # [R, C]
-            other_positive = torch.isin(codes, self.catalogue.positives) & (candidates.unsqueeze(0) != targets.unsqueeze(1))
-            logits = logits.masked_fill(other_positive, torch.finfo(logits.dtype).min)
+            other_positives = self.catalogue.other_positives(examples, targets, candidates)
+            logits = logits.masked_fill(other_positives, torch.finfo(logits.dtype).min)
         return self.head.loss(logits, columns)
 
     def _examples(self, batch: Batch, split: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -71,14 +70,18 @@ class RetrievalObjective:
         if self.item_of_id is None or split != "train":
             keep = targets >= 0
             return self.model.encode_users(batch.features)[keep], targets[keep], user_numbers[keep]
+        # Next item: a few rows hold each user's sequence (RetrievalCatalogue.sequence_ends); every
+        # position of their histories is an example.
+        rows = positive & catalogue.sequence_ends[batch.index]
+        features = {name: value[rows] for name, value in batch.features.items()}
         history = self.head.next_item
-        users, present = self.model.encode_user_positions(batch.features, history)  # [B, L, D], Bool[B, L]
-        ids = batch.features[history][..., 0]  # [B, L]
-        # Position l's target is element l+1; the last position's, the row's own item (a positive row's).
-        position_targets = torch.cat([self.item_of_id[ids[:, 1:]], targets.unsqueeze(1)], dim=1)  # [B, L]
+        users, present = self.model.encode_user_positions(features, history)  # [R', L, D], Bool[R', L]
+        ids = features[history][..., 0]  # [R', L]
+        # Position l's target is element l+1; the last position's, the row's own item.
+        position_targets = torch.cat([self.item_of_id[ids[:, 1:]], targets[rows].unsqueeze(1)], dim=1)  # [R', L]
         keep = position_targets >= 0
         keep[:, :-1] &= present[:, :-1]
-        return users[keep], position_targets[keep], user_numbers.unsqueeze(1).expand_as(ids)[keep]
+        return users[keep], position_targets[keep], user_numbers[rows].unsqueeze(1).expand_as(ids)[keep]
 
 
 def next_item_targets(model: RetrievalModel, task: str, head: RetrievalHead, catalogue: RetrievalCatalogue) -> Tensor:
@@ -89,6 +92,10 @@ def next_item_targets(model: RetrievalModel, task: str, head: RetrievalHead, cat
     if history not in model.user_fields:
         raise ConfigError(f"{key}: '{history}' is not a user-side field of model.retrieval.user.fields "
                           f"({', '.join(model.user_fields)})")
+    content = sorted(set(model.user_fields) & set(model.content_fields()))
+    if content:
+        raise ConfigError(f"{key}: next-item training reads a few rows of each batch, which content fields' batches "
+                          f"cannot be cut to; the user side has {', '.join(content)}")
     encoder = model.encoders[history]
     if not isinstance(encoder, SequenceEncoder) or not encoder.encodes_positions:
         raise ConfigError(f"{key}: '{history}' must be a history whose encoder encodes every prefix "
