@@ -30,7 +30,7 @@ from fusionrec.plugins import check_options, get_registry
 from fusionrec.training import content, manifest, optimisation
 from fusionrec.training.cost import model_costs, print_costs, table_memory_warning
 from fusionrec.training.metrics import EvaluationMetrics, MissingContent
-from fusionrec.training.retrieval import RetrievalObjective
+from fusionrec.training.retrieval import RetrievalObjective, next_item_history
 
 # The component each of these model arguments names when a config leaves it unset.
 DEFAULT_COMPONENTS = {"fusion": "concat", "trunk": "shared_bottom", "balancer": "fixed", "retrieval": "two_tower"}
@@ -175,9 +175,10 @@ class MultiTaskModule(LightningModule):
                               "the softmax's candidates); read it with data.path or data.train, not data.streaming")
         (task, head), = self.model.heads.items()
         sequences = None
-        if head.next_item in self.hparams.preprocessing["features"]:
-            state = self.hparams.preprocessing["features"][head.next_item]
-            sequences = ((state.get("history") or {}).get("time"), state["max_length"])
+        if head.next_item:  # each user's sequence in time order, cut into histories of the encoder's length
+            history = next_item_history(self.model, task, head)
+            built = self.hparams.preprocessing["features"][head.next_item].get("history") or {}
+            sequences = (built.get("time"), history.length)
         catalogue = RetrievalCatalogue.build(splits, tables, task, self.retrieval_key("user_key"),
                                              self.retrieval_key("item_key"), self.model.item_fields, sequences)
         self.objective = RetrievalObjective(self.model, task, head, catalogue)
@@ -328,4 +329,5 @@ class MultiTaskModule(LightningModule):
         """Registry name -> providing plugin, distribution and version, for every component in use."""
         return manifest.component_manifest(
             self.registry, self.hparams.preprocessing["features"], self.hparams.encoders or {}, self.fusion_config,
-            self.trunk_config, {task: spec.head for task, spec in self.task_specs.items()}, self.balancer_config)
+            self.trunk_config, {task: spec.head for task, spec in self.task_specs.items()}, self.balancer_config,
+            self.retrieval_config)

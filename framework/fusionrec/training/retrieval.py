@@ -32,7 +32,8 @@ class RetrievalObjective:
         self.model, self.task, self.head, self.catalogue = model, task, head, catalogue
         counts = catalogue.counts
         self.log_share = torch.log(counts.clamp(min=1) / counts.sum().clamp(min=1))  # [I]
-        self.item_of_id = next_item_targets(model, task, head, catalogue) if head.next_item else None
+        self.item_of_id = (next_item_targets(next_item_history(model, task, head), catalogue) if head.next_item
+                           else None)
 
     def __call__(self, batch: Batch, split: str) -> Tensor | None:
         device = batch.labels[self.task].device
@@ -84,10 +85,9 @@ class RetrievalObjective:
         return users[keep], position_targets[keep], user_numbers[rows].unsqueeze(1).expand_as(ids)[keep]
 
 
-def next_item_targets(model: RetrievalModel, task: str, head: RetrievalHead, catalogue: RetrievalCatalogue) -> Tensor:
-    """``[V]``: the catalogue item of each id of the history's vocabulary (-1: padding, or an id several
-    catalogue items share, such as the out-of-vocabulary id). The history must be a user-side field
-    whose encoder encodes every prefix and whose elements share an item-side id feature's vocabulary."""
+def next_item_history(model: RetrievalModel, task: str, head: RetrievalHead) -> SequenceEncoder:
+    """The encoder of ``next_item``'s history, checked: a user-side field whose encoder encodes every
+    prefix, whose elements share an item-side id feature's vocabulary (so each is a catalogue item)."""
     key, history = f"model.tasks.{task}.next_item", head.next_item
     if history not in model.user_fields:
         raise ConfigError(f"{key}: '{history}' is not a user-side field of model.retrieval.user.fields "
@@ -105,7 +105,13 @@ def next_item_targets(model: RetrievalModel, task: str, head: RetrievalHead, cat
         raise ConfigError(f"{key}: the elements of '{history}' must share the vocabulary of an item-side id "
                           f"feature (data.features.{history}.vocabulary), so that each is a catalogue item; "
                           f"it shares {shares or 'none'}")
-    ids = catalogue.features(torch.arange(len(catalogue)))[shares]  # [I]
+    return encoder
+
+
+def next_item_targets(encoder: SequenceEncoder, catalogue: RetrievalCatalogue) -> Tensor:
+    """``[V]``: the catalogue item of each id of the history's vocabulary (-1: padding, or an id several
+    catalogue items share, such as the out-of-vocabulary id)."""
+    ids = catalogue.features(torch.arange(len(catalogue)))[encoder.parts[0]["shares"]]  # [I]
     cardinality = encoder.parts[0]["cardinality"]
     item_of_id = torch.full((cardinality,), -1, dtype=torch.long)
     item_of_id[ids] = torch.arange(len(catalogue))
