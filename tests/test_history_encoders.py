@@ -265,7 +265,7 @@ def test_scoring_graph_with_a_history_exports_to_torch_export_and_onnx(tmp_path)
     """SASRec read out at the last position (the bundles below cover the other encoders), on a batch of
     another size than the example's."""
     model = build_model(ENCODERS["sasrec"])
-    graph = ScoringGraph(model, []).eval()
+    graph = ScoringGraph(model).eval()
     example = {"user_id": torch.tensor([2, 3, 4, 5]), "item_id": TARGET[:, 0], "genre": TARGET[:, 1],
                "watched": histories()}
     batch = torch.export.Dim("batch", min=1)

@@ -28,7 +28,7 @@ from fusionrec.data.preprocessing import feature_types
 from fusionrec.errors import CommandParser, ConfigError
 from fusionrec.export import golden
 from fusionrec.export.evaluation import test_split_metrics
-from fusionrec.export.graphs import ItemEncoderGraph, PairGraph, ScoringGraph, TowerGraph, write_programs
+from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, TowerGraph, write_programs
 from fusionrec.export.retrieval import catalogue_vectors
 from fusionrec.features.base import FeatureType, implementation
 from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, ITEM_KEYS, ITEM_VECTORS, MANIFEST, ONNX_GRAPH,
@@ -75,9 +75,6 @@ class BundleWriter:
                                        for name, entry in self.preprocessing.items()}
         self.content = {name: encoder.encoder for name, encoder in self.module.content_fields().items()}
         self.retrieval = isinstance(self.module.model, RetrievalModel)
-        if self.retrieval and self.content:
-            raise ConfigError(f"{self.checkpoint}: a retrieval model with content fields ({', '.join(self.content)}) "
-                              f"cannot be exported yet; its towers would need the content as item vectors")
         # Per content field, filled by write_item_encoders: the preparer a bundle rebuilds from its spec.
         self.preparers: dict[str, ContentPreparer] = {}
         self.golden_items: dict[str, list[str]] = {}  # texts, or files relative to the bundle
@@ -147,7 +144,8 @@ class BundleWriter:
         batch = torch.export.Dim("batch", min=1)
         for side in TOWERS:
             fields = model.user_fields if side == "user" else model.item_fields
-            inputs = {name: example[name] for name in fields}
+            inputs = {name: example[name] for field in fields
+                      for name in ((field, present_input(field)) if field in self.content else (field,))}
             pt2, onnx = tower_files(side)
             write_programs(TowerGraph(model, side).eval(), "features", inputs, {name: {0: batch} for name in inputs},
                            ["vector"], self.staging / pt2, self.staging / onnx if self.with_onnx else None)
@@ -188,8 +186,7 @@ class BundleWriter:
         expected = {task: head.predict(outputs[task]) for task, head in self.module.model.heads.items()}
 
         # The scoring graph's example: the golden rows with content as item vectors.
-        graph = (PairGraph(self.module.model) if self.retrieval
-                 else ScoringGraph(self.module.model, list(self.content))).eval()
+        graph = ScoringGraph(self.module.model).eval()
         tabular = {name: entry for name, entry in self.manifest_preprocessing.items() if not self.types[name].content}
         example = {name: torch.from_numpy(v) for name, v in FeatureEncoder(tabular)({n: inputs[n] for n in tabular}).items()}
         for name, vectors in content_vectors.items():

@@ -7,9 +7,11 @@
   takes the candidate's ids from the same inputs (:attr:`MultiTaskModel.targets`).
 - :class:`ItemEncoderGraph` (``item_encoder.<field>.pt2``/``.onnx``, one per content field): the
   prepared content of U items (token ids, pixels, waveforms) -> item vectors ``[U, D]``.
-- A retrieval model's bundle: :class:`PairGraph` as ``model.pt2`` (each row's user-item score, so
+- A retrieval model's bundle: :class:`ScoringGraph` as ``model.pt2`` (each row's user-item score, so
   ``/score`` and the golden check work as for any bundle) and :class:`TowerGraph` per side
-  (``user_tower.pt2``/``item_tower.pt2`` and ``.onnx``): that side's fields ``[B, ...]`` -> ``[B, D]``.
+  (``user_tower.pt2``/``item_tower.pt2`` and ``.onnx``): that side's fields ``[B, ...]`` -> ``[B, D]``,
+  a content field entering as for the scoring graph, so the catalogue's vectors may be computed from
+  item vectors a service keeps.
 """
 
 from __future__ import annotations
@@ -21,48 +23,48 @@ import torch
 from torch import Tensor, nn
 
 from fusionrec.components.retrieval import RetrievalModel
+from fusionrec.data.media import MediaBatch
 from fusionrec.models.multitask import MultiTaskModel
 from fusionrec.serving.bundle import present_input
 
 
+def model_features(features: dict[str, Tensor], content_fields: list[str]) -> dict[str, Tensor | MediaBatch]:
+    """A graph's inputs as the model reads them: each content field's item vectors ``[B, D]`` and
+    ``"<field>.present"`` ``Bool[B]`` become a :class:`MediaBatch` of B items (row i reads item i), which
+    the field's :class:`ContentField` reads as it reads any batch: rows without content take its missing vector."""
+    presence = {present_input(name) for name in content_fields}
+    batches = {name: MediaBatch({"vectors": features[name]}, features[present_input(name)],
+                                torch.arange(features[name].shape[0], device=features[name].device))
+               for name in content_fields if name in features}
+    return {name: batches.get(name, value) for name, value in features.items() if name not in presence}
+
+
 class ScoringGraph(nn.Module):
-    def __init__(self, model: MultiTaskModel, content_fields: list[str]):
+    """A multi-task model's served scores, or a retrieval model's score of each row's user and item:
+    ``{input: [B, ...]} -> {task: [B] or [B, C]}``."""
+
+    def __init__(self, model: MultiTaskModel | RetrievalModel):
         super().__init__()
         self.model = model
-        self.content_fields = list(content_fields)
+        self.content_fields = list(model.content_fields())
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        tabular = {name: value for name, value in features.items() if name in self.model.encoders
-                   and name not in self.content_fields}
-        present = {name: features[present_input(name)] for name in self.content_fields}  # {F: Bool[B]}
-        encoded = {name: torch.where(present[name].unsqueeze(1), features[name], self.model.encoders[name].missing)
-                   for name in self.content_fields}  # {F: [B, D_f]}
-        outputs = self.model(tabular, encoded, present)
-        return {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
-
-
-class PairGraph(nn.Module):
-    """A retrieval model's score of each row's user and item: ``{field: [B, ...]} -> {task: [B]}``."""
-
-    def __init__(self, model: RetrievalModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        outputs = self.model(features)
+        outputs = self.model(model_features(features, self.content_fields))
         return {task: head.predict(outputs[task]) for task, head in self.model.heads.items()}
 
 
 class TowerGraph(nn.Module):
-    """One side of a retrieval model: ``{field: [B, ...]}`` (``side``'s fields) -> ``[B, D]``."""
+    """One side of a retrieval model: ``{input: [B, ...]}`` (``side``'s fields, content fields as for the
+    scoring graph) -> ``[B, D]``."""
 
     def __init__(self, model: RetrievalModel, side: str):
         super().__init__()
         self.model = model
+        self.content_fields = list(model.content_fields())
         self.encode = model.encode_users if side == "user" else model.encode_items
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        return self.encode(features)
+        return self.encode(model_features(features, self.content_fields))
 
 
 class ItemEncoderGraph(nn.Module):

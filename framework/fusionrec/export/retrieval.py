@@ -20,7 +20,8 @@ CHUNK_ROWS = 4096  # items per item-tower run: one chunk's activations bound the
 def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, chunk_rows: int = CHUNK_ROWS
                       ) -> tuple[list[Any], np.ndarray]:
     """``(keys [N], float32 [N, D])``: the items of the table ``path`` (``--items``: ``item_key`` and the item
-    tower's fields as columns, one row per item) by the checkpoint's item tower, ``chunk_rows`` at a time.
+    tower's fields as columns, one row per item, content fields as in training) by the checkpoint's item
+    tower, its content encoders included, ``chunk_rows`` at a time.
     Keys are kept as the table holds them (numbers stay numbers) and must be distinct ids."""
     model = module.model
     items = read_side(str(path), item_key, "--items")  # an empty table or a repeated key is refused there
@@ -38,5 +39,6 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
             raise DataError(f"--items: {path}, column '{item_key}': row {row} has no key; every item needs one")
     items.fields = list(model.item_fields)
     transform_side(items, module.hparams.preprocessing)
+    module.attach_content_encoders({"catalogue": items.table})  # text, image, audio items through the checkpoint
     vectors = TowerSearch(module, max_rows=chunk_rows).vectors(items, np.arange(len(keys)), "items")
     return keys, vectors.numpy()

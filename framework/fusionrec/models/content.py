@@ -12,7 +12,8 @@ class ContentField(nn.Module):
     """``MediaBatch -> [B, dim]``: the encoder maps the batch's U distinct items to ``[U, dim]``, an
     item without usable content (no text, a missing or unreadable file) takes a learned missing
     vector, and each row reads its item's vector. With a frozen backbone the batch carries the
-    cached backbone features and only the encoder's projection runs."""
+    cached backbone features and only the encoder's projection runs; a bundle's graphs pass the item
+    vectors its item encoder computed (``{"vectors": [U, dim]}``), which only take the missing vector."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
@@ -21,7 +22,9 @@ class ContentField(nn.Module):
         self.missing = nn.Parameter(torch.zeros(encoder.output_dim))
 
     def forward(self, batch: MediaBatch) -> Tensor:
-        if "features" in batch.inputs:
+        if "vectors" in batch.inputs:
+            items = batch.inputs["vectors"]
+        elif "features" in batch.inputs:
             items = self.encoder.projection(batch.inputs["features"])
         else:
             items = self.encoder(batch.inputs)
