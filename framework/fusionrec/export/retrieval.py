@@ -12,6 +12,7 @@ from fusionrec.features.base import FeatureValueError
 from fusionrec.features.values import id_token
 from fusionrec.recommend.catalogue import read_side, transform_side
 from fusionrec.recommend.towers import TowerSearch
+from fusionrec.training.content import attach_content_encoders
 from fusionrec.training.module import MultiTaskModule
 
 CHUNK_ROWS = 4096  # items per item-tower run: one chunk's activations bound the memory beyond the table's
@@ -39,6 +40,8 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
             raise DataError(f"--items: {path}, column '{item_key}': row {row} has no key; every item needs one")
     items.fields = list(model.item_fields)
     transform_side(items, module.hparams.preprocessing)
-    module.attach_content_encoders({"catalogue": items.table})  # text, image, audio items through the checkpoint
+    # The table's media columns batch nothing before their encoders are attached (a user tower's have no column).
+    attach_content_encoders({name: field for name, field in module.content_fields().items()
+                             if name in model.item_fields}, {"catalogue": items.table})
     vectors = TowerSearch(module, max_rows=chunk_rows).vectors(items, np.arange(len(keys)), "items")
     return keys, vectors.numpy()

@@ -268,8 +268,11 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
         if bundle.catalogue_vectors is None:
             raise HTTPException(400, f"/recommend: {NO_CATALOGUE}")
         labels = {field: f"user.{field:.60}" for field in request.user}
+        # A user-side image or audio file is read only under --content-root, as in /score.
+        user = {field: scorer._files([value], labels[field])[0] if field in scorer.file_fields else value
+                for field, value in request.user.items()}
         # Off the event loop: the user tower and the catalogue's scores take a while on a large one.
-        top = await asyncio.to_thread(bundle.recommend, request.user, request.k, request.exclude, labels)
+        top = await asyncio.to_thread(bundle.recommend, user, request.k, request.exclude, labels)
         unscored(top["scores"][None], "user")
         return Answer({"items": top["items"], "scores": top["scores"].tolist()})
 
