@@ -85,6 +85,20 @@ def test_movielens_config_parses_and_trains_a_few_batches(isolated):
         assert key in metrics
 
 
+@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"MovieLens 100K not found at {MOVIELENS}")
+@pytest.mark.parametrize("name", ["movielens-retrieval.yaml", "movielens-two-tower.yaml"])
+def test_movielens_retrieval_configs_train_a_few_batches(isolated, name):
+    runs = isolated / "runs"
+    assert main(["fit", "--config", str(REPO / "configs" / name), "--trainer.default_root_dir", str(runs),
+                 "--trainer.max_steps", "3", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+                 "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false"]) == 0
+    (checkpoint,) = (runs / "lightning_logs" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["fusionrec"]["components"]["retrieval"]["name"] == "two_tower"
+    assert "val/loss" in (runs / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+
+
 def test_quickstart_config_trains_with_text_image_and_audio(isolated):
     """configs/quickstart.yaml as shipped (MiniLM titles from the `text` extra, images, sounds) on a
     smaller generated log: every media field is read, encoded once per item and cached."""

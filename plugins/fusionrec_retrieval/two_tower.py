@@ -90,9 +90,9 @@ class TwoTowerModel(RetrievalModel):
         present = {name: features[name].present_rows().repeat_interleave(length, dim=0)
                    for name in self.user_fields if isinstance(features[name], MediaBatch)}
         positions = self.encoders[history].encode_positions(ids)  # [B, L, D_h]
-        encoded[history] = positions.reshape(batch * length, -1)
+        encoded[history] = positions.reshape(batch * length, positions.shape[-1])
         users = self.user_tower({name: encoded[name] for name in self.user_fields}, present)
-        return users.view(batch, length, -1), ids[..., 0] != 0
+        return users.view(batch, length, users.shape[-1]), ids[..., 0] != 0
 
 
 def tower_config(config: Any, key: str, encoders: dict[str, nn.Module]) -> dict[str, Any]:

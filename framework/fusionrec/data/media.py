@@ -62,6 +62,9 @@ class MediaColumn:
         unique, inverse = torch.unique(codes, return_inverse=True)
         known = unique >= 0
         if self.features is not None:
+            if not len(self.features):  # no row of the split has content: nothing was encoded
+                empty = self.features.new_zeros(len(unique), *self.features.shape[1:])
+                return MediaBatch({"features": empty}, torch.zeros_like(known), inverse)
             rows = unique.clamp(min=0)
             present = known & self.feature_present.index_select(0, rows)
             return MediaBatch({"features": self.features.index_select(0, rows)}, present, inverse)
