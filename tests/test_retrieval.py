@@ -177,6 +177,9 @@ def test_the_towers_rank_held_out_clicks_far_above_chance(trained):
     (lambda c: c["model"]["tasks"]["click"].update(next_item="clicked_before") or
      c["model"]["encoders"]["clicked_before"].update(readout="target"), "a user tower must not read the item"),
     (lambda c: c["model"]["tasks"]["click"].update(next_item="item_id"), "'item_id' is not a user-side field"),
+    (lambda c: c["data"]["features"].update(liked_before={**c["data"]["features"]["clicked_before"]}) or
+     c["model"]["retrieval"]["user"]["fields"].append("liked_before") or
+     c["model"]["tasks"]["click"].update(next_item="clicked_before"), "another history (liked_before)"),
     (lambda c: c["model"]["tasks"].update(like={"head": "binary"}), "trains one task with the retrieval head"),
     (lambda c: c["model"].pop("retrieval"), "the retrieval head trains a retrieval model; set model.retrieval"),
     (lambda c: c["model"]["retrieval"].update(user_key="visitor"), "model.retrieval.user_key: no column 'visitor'"),

@@ -54,6 +54,8 @@ def exported(tmp_path_factory):
         config["model"]["encoders"]["item_title"] = {"name": "text", "model": str(bert), "max_length": 8,
                                                      "mode": "frozen"}
         config["model"]["retrieval"]["item"]["fields"] = ITEM_FIELDS
+        # Next-item training cuts each batch to a few rows: the user side's, not the item side's titles.
+        config["model"]["tasks"]["click"]["next_item"] = "clicked_before"
 
     checkpoint = fitted(root, with_titles)
     items = pd.read_parquet(quickstart_log(**LOG)).drop_duplicates("item_id")[ITEM_FIELDS].reset_index(drop=True)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAccuracy
 
 from fusionrec.components import Dropout, PositiveInt, TaskHead
-from fusionrec.components.head import binary_labels
+from fusionrec.components.head import BinaryLabels
 from fusionrec_heads.metrics import BinaryLogLoss, DefinedBinaryAUROC
 
 
-class BinaryHead(TaskHead):
+class BinaryHead(BinaryLabels, TaskHead):
     """``[B, D_t] -> logits [B]``; serves the probability.
 
     Labels are 0/1, or any number with ``threshold`` set (positive when ``label >= threshold``,
@@ -30,14 +27,6 @@ class BinaryHead(TaskHead):
                  dropout: Dropout = 0.0, threshold: float | None = None):
         super().__init__(input_dim, label_state, tower, dropout)
         self.output = nn.Linear(self.tower.output_dim, 1)
-
-    @classmethod
-    def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:
-        return {"threshold": options.get("threshold")}
-
-    @classmethod
-    def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
-        return binary_labels(values, state, where)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.output(self.tower(h)).squeeze(-1)

@@ -98,14 +98,22 @@ def as_tensor(values: np.ndarray, dtype: torch.dtype) -> Tensor:
     return torch.tensor(values, dtype=dtype)
 
 
-def binary_labels(values: pd.Series, state: dict, where: str) -> Tensor:
-    """0/1 labels, or ``values >= state["threshold"]`` when the task sets a threshold."""
-    numbers = numeric_labels(values, where)
-    if state["threshold"] is not None:
-        return as_tensor(numbers >= state["threshold"], torch.float32)
-    outside = (numbers != 0) & (numbers != 1)
-    if outside.any():
-        position = int(np.flatnonzero(outside)[0])
-        raise DataError(f"{where}: a binary label must be 0 or 1, found {describe_value(values, position)} "
-                        f"({int(outside.sum())} such row(s)); set the task's 'threshold' to binarise it")
-    return as_tensor(numbers, torch.float32)
+class BinaryLabels:
+    """The label side of a head whose labels are 0/1, or any number with the task's ``threshold`` set
+    (positive when ``label >= threshold``, e.g. ``liked = rating >= 4``): listed before TaskHead."""
+
+    @classmethod
+    def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:
+        return {"threshold": options.get("threshold")}
+
+    @classmethod
+    def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
+        numbers = numeric_labels(values, where)
+        if state["threshold"] is not None:
+            return as_tensor(numbers >= state["threshold"], torch.float32)
+        outside = (numbers != 0) & (numbers != 1)
+        if outside.any():
+            position = int(np.flatnonzero(outside)[0])
+            raise DataError(f"{where}: a binary label must be 0 or 1, found {describe_value(values, position)} "
+                            f"({int(outside.sum())} such row(s)); set the task's 'threshold' to binarise it")
+        return as_tensor(numbers, torch.float32)

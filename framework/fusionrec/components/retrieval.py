@@ -5,14 +5,13 @@ B = users (or rows), N = items, D = the towers' output width, L = a history's le
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import pandas as pd
 from torch import Tensor, nn
 from torch.nn import functional
 from torchmetrics import Metric
 
-from fusionrec.components.head import TaskHead, binary_labels
+from fusionrec.components.head import BinaryLabels, TaskHead
 from fusionrec.components.options import NonNegativeInt
 from fusionrec.data.media import MediaBatch
 from fusionrec.models.content import ContentField
@@ -69,7 +68,7 @@ class RetrievalModel(nn.Module):
         return {name: encoder for name, encoder in self.encoders.items() if isinstance(encoder, ContentField)}
 
 
-class RetrievalHead(TaskHead):
+class RetrievalHead(BinaryLabels, TaskHead):
     """A retrieval task: its label marks the positive rows (0/1, or ``label >= threshold``), and its
     loss is a softmax over candidate items, computed by the training module with these options:
 
@@ -95,14 +94,6 @@ class RetrievalHead(TaskHead):
         self.label_state = label_state
         self.loss_kind, self.negatives, self.log_q = loss, int(negatives), log_q
         self.exclude_positives, self.next_item = exclude_positives, next_item
-
-    @classmethod
-    def fit_labels(cls, values: pd.Series, where: str, options: dict[str, Any]) -> dict:
-        return {"threshold": options.get("threshold")}
-
-    @classmethod
-    def encode_labels(cls, values: pd.Series, state: dict, where: str) -> Tensor:
-        return binary_labels(values, state, where)
 
     def forward(self, h: Tensor) -> Tensor:
         return h

@@ -10,8 +10,8 @@ import numpy as np
 from fusionrec.errors import DataError
 from fusionrec.features.base import FeatureValueError
 from fusionrec.features.values import id_token
-from fusionrec.recommend.catalogue import read_side, transform_side
-from fusionrec.recommend.towers import TowerSearch
+from fusionrec.recommend.catalogue import read_side
+from fusionrec.recommend.towers import TowerSearch, tower_side
 from fusionrec.training.content import attach_content_encoders
 from fusionrec.training.module import MultiTaskModule
 
@@ -26,10 +26,6 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
     Keys are kept as the table holds them (numbers stay numbers) and must be distinct ids."""
     model = module.model
     items = read_side(str(path), item_key, "--items")  # an empty table or a repeated key is refused there
-    missing = [name for name in model.item_fields if name not in items.frame.columns]
-    if missing:
-        raise DataError(f"--items: {path} has no column '{missing[0]}', an item-side field of the retrieval model "
-                        f"(model.retrieval.item.fields: {', '.join(model.item_fields)})")
     keys = items.frame[item_key].tolist()
     for row, key in enumerate(keys):
         try:
@@ -38,8 +34,7 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
             raise DataError(f"--items: {path}, column '{item_key}': row {row}: {error.message}") from None
         if token is None:
             raise DataError(f"--items: {path}, column '{item_key}': row {row} has no key; every item needs one")
-    items.fields = list(model.item_fields)
-    transform_side(items, module.hparams.preprocessing)
+    tower_side(module, items, "item", "--items")
     # The table's media columns batch nothing before their encoders are attached (a user tower's have no column).
     attach_content_encoders({name: field for name, field in module.content_fields().items()
                              if name in model.item_fields}, {"catalogue": items.table})

@@ -24,19 +24,23 @@ def has_towers(module: MultiTaskModule) -> bool:
     return isinstance(module.model, RetrievalModel)
 
 
-def tower_sides(module: MultiTaskModule, users: Side, items: Side, user_option: str, item_option: str) -> None:
-    """The model's user-side fields from ``users``, its item-side fields from ``items``, tensorised with
+def tower_side(module: MultiTaskModule, side: Side, name: str, option: str) -> None:
+    """The retrieval model's ``name`` ("user" or "item") side fields from ``side``'s table, tensorised with
     the checkpoint's preprocessing; a column the model does not read is ignored."""
-    model: RetrievalModel = module.model
-    for side, fields, option, name, article in ((users, model.user_fields, user_option, "user", "a"),
-                                                (items, model.item_fields, item_option, "item", "an")):
-        missing = [field for field in fields if field not in side.frame.columns]
-        if missing:
-            raise DataError(f"{option}: {side.frame.attrs['source']} has no column '{missing[0]}', {article} "
-                            f"{name}-side field of the retrieval model (model.retrieval.{name}.fields: "
-                            f"{', '.join(fields)})")
-        side.fields = list(fields)
-        transform_side(side, module.hparams.preprocessing)
+    fields = module.model.user_fields if name == "user" else module.model.item_fields
+    missing = [field for field in fields if field not in side.frame.columns]
+    if missing:
+        article = "a" if name == "user" else "an"
+        raise DataError(f"{option}: {side.frame.attrs['source']} has no column '{missing[0]}', {article} {name}-side "
+                        f"field of the retrieval model (model.retrieval.{name}.fields: {', '.join(fields)})")
+    side.fields = list(fields)
+    transform_side(side, module.hparams.preprocessing)
+
+
+def tower_sides(module: MultiTaskModule, users: Side, items: Side, user_option: str, item_option: str) -> None:
+    """Both sides (:func:`tower_side`), their content fields' encoders attached."""
+    tower_side(module, users, "user", user_option)
+    tower_side(module, items, "item", item_option)
     module.attach_content_encoders({"catalogue": TensorTable({}, {}, 0, {**users.table.media, **items.table.media})})
 
 

@@ -74,7 +74,7 @@ class RetrievalObjective:
         # Next item: a few rows hold each user's sequence (RetrievalCatalogue.sequence_ends); every
         # position of their histories is an example.
         rows = positive & catalogue.sequence_ends[batch.index]
-        features = {name: value[rows] for name, value in batch.features.items()}
+        features = {name: batch.features[name][rows] for name in self.model.user_fields}
         history = self.head.next_item
         users, present = self.model.encode_user_positions(features, history)  # [R', L, D], Bool[R', L]
         ids = features[history][..., 0]  # [R', L]
@@ -96,6 +96,11 @@ def next_item_history(model: RetrievalModel, task: str, head: RetrievalHead) -> 
     if content:
         raise ConfigError(f"{key}: next-item training reads a few rows of each batch, which content fields' batches "
                           f"cannot be cut to; the user side has {', '.join(content)}")
+    others = [name for name in model.user_fields if name != history and isinstance(model.encoders[name], SequenceEncoder)]
+    if others:  # they are read whole at every position: an early position would see later elements
+        raise ConfigError(f"{key}: the user side has another history ({', '.join(others)}), which every position of "
+                          f"'{history}' would read whole, later elements included; train without next_item, or "
+                          f"drop it from model.retrieval.user.fields")
     encoder = model.encoders[history]
     if not isinstance(encoder, SequenceEncoder) or not encoder.encodes_positions:
         raise ConfigError(f"{key}: '{history}' must be a history whose encoder encodes every prefix "
