@@ -43,7 +43,6 @@ class RetrievalObjective:
         users, targets, examples = self._examples(batch, split)
         if not len(targets):
             return None
-        device = users.device
         if self.head.loss_kind == "full_softmax":
             candidates = torch.arange(len(self.catalogue), device=device)
         else:
