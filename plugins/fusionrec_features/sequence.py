@@ -19,8 +19,8 @@ import numpy as np
 
 from fusionrec.errors import ConfigError
 from fusionrec.features.base import RESERVED, FeatureType, FeatureValueError, FieldInfo
-from fusionrec.features.values import (MAX_PARTS, MAX_TEXT_CHARS, Vocabulary, add_counts, checked_string, count,
-                                       distinct, is_null, object_array, ranked, shown)
+from fusionrec.features.values import (MAX_PARTS, MAX_TEXT_CHARS, Vocabulary, add_counts, checked_positive,
+                                       checked_string, count, distinct, is_null, object_array, ranked, shown)
 
 HISTORY_KEYS = ("user", "time", "item", "positive")
 Result = TypeVar("Result")
@@ -259,17 +259,7 @@ def _check_history(history: Any, key: str) -> dict[str, Any]:
         if not isinstance(history.get(name), str):
             raise ConfigError(f"{key}.{name}: required, the name of a column; got {history.get(name)!r}")
     checked = {name: history[name] for name in ("user", "time", "item")}
-    positive = history.get("positive")
-    if positive is not None:
-        if not isinstance(positive, Mapping) or not isinstance(positive.get("column"), str) \
-                or set(positive) - {"column", "min"}:
-            raise ConfigError(f"{key}.positive: expected {{column: <label column>, min: <number>}} (min optional: "
-                              f"without it a value > 0 is positive), got {positive!r}")
-        low = positive.get("min")
-        if low is not None and (not isinstance(low, (int, float)) or isinstance(low, bool) or low != low):
-            raise ConfigError(f"{key}.positive.min: expected a number, got {low!r}")
-        positive = {"column": positive["column"], "min": low}
-    checked["positive"] = positive
+    checked["positive"] = checked_positive(history.get("positive"), f"{key}.positive")
     return checked
 
 

@@ -83,7 +83,7 @@ def build_histories(frames: Mapping[str, pd.DataFrame], kind: FeatureType, key: 
     keys = users * span + times  # orders rows by (user, time); no overflow below ~3e9 users x 3e9 times
     del times
     is_event = np.concatenate([np.zeros(len(frames[name]), bool) if name in queries
-                               else _positive(frames[name], spec.get("positive"), f"{key}.history.positive")
+                               else positive_rows(frames[name], spec.get("positive"), f"{key}.history.positive")
                                for name in names]) & (users >= 0)
     # Every row sorted once by (user, time), stably: events at one moment keep the log's order (the
     # order a brute-force reading gives). In that order, a row's earlier events are the events before
@@ -251,7 +251,7 @@ def _no_missing(values: pd.Series, where: str) -> None:
                         f"({int(missing.sum())} such row(s)); every row needs one to place it in the log")
 
 
-def _positive(frame: pd.DataFrame, positive: Mapping | None, key: str) -> np.ndarray:
+def positive_rows(frame: pd.DataFrame, positive: Mapping | None, key: str) -> np.ndarray:
     """``Bool[N]``: the rows whose events count (all without ``positive``); a missing label is not positive."""
     if not positive:
         return np.ones(len(frame), bool)

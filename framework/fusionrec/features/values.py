@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionrec.errors import ConfigError
 from fusionrec.features.base import OUT_OF_VOCABULARY, RESERVED, FeatureValueError
 
 MAX_CHARS = 4096  # an id, a separated list of tags, a file path (Linux's PATH_MAX)
@@ -214,3 +215,18 @@ def ranked(counts: Mapping[str, int], min_count: int, max_size: int | None) -> l
     ordered = sorted(((token, rows) for token, rows in counts.items() if rows >= min_count),
                      key=lambda item: (-item[1], item[0]))
     return [token for token, _ in ordered[:max_size]]
+
+
+def checked_positive(positive: Any, key: str) -> dict[str, Any] | None:
+    """A positive-event rule ``{column, min}`` (``min`` optional: without it a value > 0 is positive),
+    checked and normalised; None for none."""
+    if positive is None:
+        return None
+    if not isinstance(positive, Mapping) or not isinstance(positive.get("column"), str) \
+            or set(positive) - {"column", "min"}:
+        raise ConfigError(f"{key}: expected {{column: <label column>, min: <number>}} (min optional: "
+                          f"without it a value > 0 is positive), got {positive!r}")
+    low = positive.get("min")
+    if low is not None and (not isinstance(low, (int, float)) or isinstance(low, bool) or low != low):
+        raise ConfigError(f"{key}.min: expected a number, got {low!r}")
+    return {"column": positive["column"], "min": low}

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fusionrec.components import (ContentEncoder, FieldEncoder, FieldInfo, Fusion, SequenceEncoder, TaskHead,
                                   Trunk)
+from fusionrec.components.graph import link_graphs
 from fusionrec.components.trunk import Scenarios, ScenarioTrunk, TrunkContext, run_trunk
 from fusionrec.data.media import MediaBatch
 from fusionrec.errors import ConfigError, DataError
@@ -164,7 +165,9 @@ def build_encoders(registry: Registry, fields: dict[str, FieldInfo], encoders: d
             share_tables(built_encoders[name], tables, name)
             if built_encoders[name].reads_target:
                 targets[name] = target_fields(built_encoders[name], encoder_name, name)
-    return {name: built_encoders[name] for name in fields}, targets
+    built_encoders = {name: built_encoders[name] for name in fields}
+    link_graphs(built_encoders)
+    return built_encoders, targets
 
 
 def check_reads(registry: Registry, name: str, encoder_name: str, factory: Any, info: FieldInfo,

@@ -19,10 +19,13 @@ import fusionrec
 from fusionrec.components import FieldEncoder
 from fusionrec.components.options import NonNegativeFloat, PositiveFloat, PositiveInt
 from fusionrec.data.batches import Batch, TensorTable
+from fusionrec.data.history import positive_rows
+from fusionrec.data.reading import require_columns
 from fusionrec.data.preprocessing import RESERVED, Preprocessor
 from fusionrec.data.schema import parse_tasks
 from fusionrec.errors import ConfigError
 from fusionrec.models.content import ContentField
+from fusionrec.components.graph import GraphEncoder
 from fusionrec.components.retrieval import RetrievalHead, RetrievalModel
 from fusionrec.data.retrieval import RetrievalCatalogue
 from fusionrec.models.multitask import MultiTaskModel, build_encoders, check_trunk
@@ -166,13 +169,24 @@ class MultiTaskModule(LightningModule):
         return model
 
     def use_splits(self, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable]) -> None:
-        """The data module's split frames and tables, handed over in its setup: a retrieval model's loss
-        draws its candidates from the training split's items (:class:`RetrievalCatalogue`)."""
+        """The data module's split frames and tables, handed over in its setup: graph encoders take the
+        training split's user-item edges, and a retrieval model's loss draws its candidates from the
+        training split's items (:class:`RetrievalCatalogue`)."""
+        graphs = [encoder for encoder in self.model.encoders.values()
+                  if isinstance(encoder, GraphEncoder) and encoder.side == "user"]
+        if (graphs or self.retrieval_config is not None) and "train" not in splits:
+            key = "model.retrieval" if self.retrieval_config is not None else f"model.encoders.{graphs[0].field.name}"
+            raise ConfigError(f"{key}: needs the training split in memory (its interactions or items); read it "
+                              f"with data.path or data.train, not data.streaming")
+        for encoder in graphs:
+            graph, key = encoder.graph, f"model.encoders.{encoder.field.name}.graph"
+            if graph["positive"]:
+                require_columns(splits["train"], {graph["positive"]["column"]: f"{key}.positive.column"})
+            rows = torch.from_numpy(positive_rows(splits["train"], graph["positive"], f"{key}.positive"))
+            features = tables["train"].features
+            encoder.use_interactions(features[graph["user"]][rows], features[graph["item"]][rows])
         if self.retrieval_config is None:
             return
-        if "train" not in splits:
-            raise ConfigError("model.retrieval: a retrieval model needs the training split in memory (its items are "
-                              "the softmax's candidates); read it with data.path or data.train, not data.streaming")
         (task, head), = self.model.heads.items()
         sequences = None
         if head.next_item:  # each user's sequence in time order, cut into histories of the encoder's length

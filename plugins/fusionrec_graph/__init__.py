@@ -1,0 +1,1 @@
+"""Built-in graph encoders: LightGCN over the training split's user-item graph."""

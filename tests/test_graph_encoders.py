@@ -1,0 +1,127 @@
+"""LightGCN graph encoders: the propagation against the dense formula, the edges of the training split
+(kept in checkpoints), ranking and retrieval models that train with them, their bundles, bad configs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import SMALL_LOG, retrieval_config, small_config, write_config
+from fusionrec.cli import main
+from fusionrec.components import FieldInfo
+from fusionrec.data.synthetic import generate_impressions
+from fusionrec.serving import load, load_onnx
+from fusionrec.training.checkpoint import load_module
+from fusionrec_graph.lightgcn import LightGCNEncoder
+
+GRAPH = {"user": "user_id", "item": "item_id", "positive": {"column": "click"}}
+
+
+def linked(users: int, items: int, layers: int, dim: int = 4) -> tuple[LightGCNEncoder, LightGCNEncoder]:
+    user = LightGCNEncoder(FieldInfo("user_id", "categorical", cardinality=users), dim, GRAPH, layers)
+    item = LightGCNEncoder(FieldInfo("item_id", "categorical", cardinality=items), dim, GRAPH, layers)
+    user.link(item)
+    return user, item
+
+
+def test_propagation_is_the_layer_mean_of_the_normalised_adjacency():
+    torch.manual_seed(0)
+    user, item = linked(users=5, items=6, layers=2)
+    # ids 0 and 1 are reserved (padding, out of vocabulary): their pairs are no edges; (2, 3) twice is one.
+    users, items = torch.tensor([2, 2, 3, 4, 2, 1]), torch.tensor([3, 4, 4, 5, 3, 2])
+    user.use_interactions(users, items)
+    adjacency = torch.zeros(11, 11)
+    for u, i in [(2, 3), (2, 4), (3, 4), (4, 5)]:
+        adjacency[u, 5 + i] = adjacency[5 + i, u] = 1
+    scale = adjacency.sum(1).clamp(min=1).rsqrt()
+    normalised = scale[:, None] * adjacency * scale[None, :]
+    layer0 = torch.cat([user.embedding.weight, item.embedding.weight]).detach()
+    expected = (layer0 + normalised @ layer0 + normalised @ normalised @ layer0) / 3
+    with torch.no_grad():
+        torch.testing.assert_close(user(torch.arange(5)), expected[:5])
+        torch.testing.assert_close(item(torch.arange(6)), expected[5:])
+    # Eval mode propagates once and keeps the tables until the model trains again.
+    user.eval(), item.eval()
+    first = item(torch.tensor([4]))
+    with torch.no_grad():
+        item.embedding.weight.add_(1.0)
+    torch.testing.assert_close(item(torch.tensor([4])), first)
+    item.train(), item.eval()
+    assert not torch.allclose(item(torch.tensor([4])), first)
+
+
+def fit(root, config: dict) -> str:
+    config["trainer"].update(max_epochs=1, enable_checkpointing=True, logger=True, default_root_dir=str(root))
+    assert main(["fit", "--config", str(write_config(root, config)), "--test_after_fit", "false"]) == 0
+    (checkpoint,) = root.glob("lightning_logs/version_0/checkpoints/epoch=*.ckpt")
+    return str(checkpoint)
+
+
+def with_graph(config: dict, layers: int = 2) -> dict:
+    config["model"].setdefault("encoders", {}).update(
+        {field: {"name": "lightgcn", "graph": copy.deepcopy(GRAPH), "layers": layers} for field in ("user_id", "item_id")})
+    return config
+
+
+@pytest.fixture(scope="module")
+def ranking(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lightgcn")
+    return root, fit(root, with_graph(small_config(trunk={"name": "shared_bottom", "hidden": [32]})))
+
+
+def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking):
+    _, checkpoint = ranking
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    edges = state["model.encoders.user_id.propagation.edges"]
+    log = generate_impressions(**SMALL_LOG).sort_values("timestamp", kind="stable")
+    train = log.iloc[:int(len(log) * 0.8)]  # the config's time split: 80% train
+    preprocessing = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["preprocessing"]
+    vocabulary = {name: {token: position + 2 for position, token in
+                         enumerate(preprocessing["features"][name]["vocabulary"])} for name in ("user_id", "item_id")}
+    clicked = train.loc[train["click"] == 1]
+    expected = {(vocabulary["user_id"][str(u)], vocabulary["item_id"][str(i)])
+                for u, i in zip(clicked["user_id"], clicked["item_id"])}
+    assert set(map(tuple, edges.T.tolist())) == expected
+
+    # Restored without the data, the model propagates over those edges.
+    module = load_module(checkpoint)
+    user = module.model.encoders["user_id"]
+    assert user.propagation.edges.shape == edges.shape
+    assert user.propagation.normalised_adjacency()._nnz() == 2 * edges.shape[1]
+
+
+@pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
+def test_a_bundle_serves_the_propagated_tables_without_graph_code(ranking, loader):
+    root, checkpoint = ranking
+    bundle = root / "bundle"
+    if not bundle.exists():
+        assert main(["export", "--ckpt", checkpoint, "--out", str(bundle), "--skip-test-metrics"]) == 0
+    loader(bundle).check()  # the golden rows, scored by the exported program, match the checkpoint
+
+
+def test_retrieval_towers_read_lightgcn_ids(tmp_path):
+    config = with_graph(retrieval_config())
+    checkpoint = fit(tmp_path, config)
+    module = load_module(checkpoint)
+    tables = module.model.encoders["user_id"].propagation()
+    assert tables[0].shape[0] == module.model.encoders["user_id"].embedding.num_embeddings
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["model"]["encoders"].pop("item_id"), "needs the item feature 'item_id' encoded by a graph encoder"),
+    (lambda c: c["model"]["encoders"]["item_id"].update(layers=3), "the same layers and dim"),
+    (lambda c: c["model"]["encoders"]["user_id"]["graph"].update(user="user_segment"),
+     "model.encoders.user_id.graph: the field is neither the graph's user"),
+    (lambda c: [e["graph"].update(positive={"column": "clicks"}) for e in c["model"]["encoders"].values()],
+     "model.encoders.user_id.graph.positive.column: no column 'clicks'"),
+    (lambda c: c["model"]["encoders"]["user_id"].update(graph={"user": "user_id"}), "model.encoders.user_id.graph"),
+])
+def test_bad_graph_configs_fail_with_one_line(tmp_path, capsys, change, message):
+    config = with_graph(small_config())
+    del config["trainer"]["enable_checkpointing"]
+    config["trainer"].update(max_epochs=1, default_root_dir=str(tmp_path))
+    change(config)
+    assert main(["fit", "--config", str(write_config(tmp_path, config))]) == 2
+    assert message in capsys.readouterr().err
