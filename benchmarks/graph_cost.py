@@ -10,11 +10,14 @@ model links them and handed the edges; per case (edges, layers) it times:
 - ``set_edges``: the encoder's dedup of the training pairs (``torch.unique``), once per fit;
 - ``adjacency``: building the normalised sparse adjacency, once per fit;
 - ``train prop``: one training-mode propagation, forward and backward (median of ``--repeats``
-  after one warm-up); a training step runs it twice, once in each linked encoder's forward;
+  after one warm-up);
+- ``step``: the two encoders' part of a training step, each encoder's forward on a batch of 1,024 ids
+  and one backward: each forward propagates the whole graph, so it is about twice ``train prop``;
 - ``eval prop``: one eval-mode propagation (no autograd), done once and kept until training resumes.
 
 Each case runs in a fresh subprocess that generates the edges, then resets its peak RSS
-(``/proc/self/clear_refs``, Linux only) and reports the peak RSS increase over that baseline.
+(``/proc/self/clear_refs``, Linux only) and reports the peak RSS increase over that baseline after
+each phase: set_edges, + adjacency, + the propagations (the last is the case's peak).
 
     .venv/bin/python benchmarks/graph_cost.py --threads 1            # ~10 minutes on one core
     .venv/bin/python benchmarks/graph_cost.py --edges 100000 --layers 2  # smoke run
@@ -38,6 +41,7 @@ from fusionrec.features.base import RESERVED
 from fusionrec_graph.lightgcn import LightGCNEncoder
 
 DIM = 64
+BATCH = 1024
 GRAPH = {"user": "user_id", "item": "item_id"}
 
 
@@ -89,6 +93,7 @@ def run_case(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     user.use_interactions(users, items)
     result["set_edges"] = time.perf_counter() - start
+    result["after_set_edges"] = status_bytes("VmHWM") - baseline
     del users, items  # a model keeps only the buffer
     start = time.perf_counter()
     adjacency = propagation.normalised_adjacency()
@@ -105,8 +110,18 @@ def run_case(args: argparse.Namespace) -> None:
         user.embedding.weight.grad = item.embedding.weight.grad = None
         return elapsed
 
+    batch = torch.randint(RESERVED, num_users + RESERVED, (BATCH,)), torch.randint(RESERVED, num_items + RESERVED, (BATCH,))
+
+    def train_step() -> float:
+        start = time.perf_counter()
+        (user(batch[0]) * item(batch[1])).sum().backward()  # each encoder's forward propagates
+        elapsed = time.perf_counter() - start
+        user.embedding.weight.grad = item.embedding.weight.grad = None
+        return elapsed
+
     train_propagation()  # warm-up
     result["train"] = statistics.median(train_propagation() for _ in range(args.repeats))
+    result["step"] = statistics.median(train_step() for _ in range(args.repeats))
     propagation.eval()
     times = []
     for _ in range(args.repeats):
@@ -138,7 +153,8 @@ def main() -> None:
     print(f"LightGCN propagation, D = {DIM}, users = edges / {args.users_per_edge}, items = edges / "
           f"{args.items_per_edge}, Zipf alpha {args.alpha}, {args.threads} thread(s), torch {torch.__version__}\n")
     print("| edges | users | items | layers | edges MiB | adjacency MiB | set_edges s | adjacency s "
-          "| train prop fwd+bwd s | step (2 props) s | eval prop s | peak extra RSS MiB (after build) |")
+          "| train prop fwd+bwd s | step s | eval prop s | peak extra RSS MiB: set_edges / + adjacency / "
+          "+ propagation |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for num_edges in args.edges:
         for layers in args.layers:
@@ -155,8 +171,8 @@ def main() -> None:
             print(f"| {r['distinct_edges']:,} | {num_edges // args.users_per_edge:,} | "
                   f"{num_edges // args.items_per_edge:,} | {layers} | {r['edges_bytes'] / mib:.0f} | "
                   f"{r['adjacency_bytes'] / mib:.0f} | {r['set_edges']:.2f} | {r['adjacency']:.2f} | "
-                  f"{r['train']:.2f} | {2 * r['train']:.2f} | {r['eval']:.2f} | "
-                  f"{r['peak'] / mib:.0f} ({r['after_build'] / mib:.0f}) |", flush=True)
+                  f"{r['train']:.2f} | {r['step']:.2f} | {r['eval']:.2f} | "
+                  f"{r['after_set_edges'] / mib:.0f} / {r['after_build'] / mib:.0f} / {r['peak'] / mib:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

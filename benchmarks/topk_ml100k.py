@@ -12,7 +12,8 @@ Rows (``--rows``): most-popular (train + validation interaction counts); EASE (S
 binary user x item matrix, lambda picked by validation NDCG@20 with train as history, then refit on
 train + validation; fusionrec's models, each ``fusionrec fit --config CONFIG`` on the train/validation
 files (early stopping on validation) and ``evaluate_topk``: ``pairs`` (the multi-task ranking model
-scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``sequential``
+scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``lightgcn`` (the
+same with LightGCN user and movie ids, docs/graph-encoders.md), ``sequential``
 (configs/movielens-retrieval.yaml: a SASRec history, next-item training) and ``retrieve-rank``
 (the sequential model's top ``--candidates``, ordered by the ranking model's ``--score``). Every
 retrieval model reads the users' train + validation ratings, in time order, as their history.
@@ -44,7 +45,7 @@ from fusionrec.recommend import evaluate_topk, topk_metrics
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "ml-100k"
 LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-ROWS = ["most-popular", "EASE", "pairs", "two-tower", "sequential", "retrieve-rank"]
+ROWS = ["most-popular", "EASE", "pairs", "two-tower", "lightgcn", "sequential", "retrieve-rank"]
 
 
 def split_per_user(ratings: pd.DataFrame, fraction: float = 0.1) -> dict[str, pd.DataFrame]:
@@ -138,8 +139,9 @@ def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], re
               "users_path": users_with_history(seen, work / "users.parquet"),
               "items_path": str(DATA / "ml-100k.item"), "ks": args.k}
     results, checkpoints = {}, {}
+    lightgcn = variant(args.two_tower_config, work / "lightgcn.yaml", with_lightgcn)
     for name, config in (("pairs", args.ranking_config), ("two-tower", args.two_tower_config),
-                         ("sequential", args.sequential_config)):
+                         ("lightgcn", lightgcn), ("sequential", args.sequential_config)):
         needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
         if not needed:
             continue
@@ -185,6 +187,14 @@ def variant(config: str, path: Path, change) -> str:
     change(loaded)
     path.write_text(yaml.safe_dump(loaded, sort_keys=False))
     return str(path)
+
+
+def with_lightgcn(config: dict) -> None:
+    """The two-tower model with its user and movie ids propagated over the training ratings (LightGCN,
+    docs/graph-encoders.md), as in configs/movielens-two-tower.yaml otherwise."""
+    graph = {"user": "user_id", "item": "item_id"}
+    config["model"]["encoders"] = {field: {"name": "lightgcn", "graph": dict(graph), "layers": 2}
+                                   for field in ("user_id", "item_id")}
 
 
 def with_title(config: dict) -> None:

@@ -14,14 +14,14 @@ from fusionrec.components import FieldInfo
 from fusionrec.data.synthetic import generate_impressions
 from fusionrec.serving import load, load_onnx
 from fusionrec.training.checkpoint import load_module
-from fusionrec_graph.lightgcn import LightGCNEncoder
+from fusionrec_graph.lightgcn import LightGCNEncoder, knn_graph
 
 GRAPH = {"user": "user_id", "item": "item_id", "positive": {"column": "click"}}
 
 
-def linked(users: int, items: int, layers: int, dim: int = 4) -> tuple[LightGCNEncoder, LightGCNEncoder]:
+def linked(users: int, items: int, layers: int, dim: int = 4, **item_options) -> tuple[LightGCNEncoder, LightGCNEncoder]:
     user = LightGCNEncoder(FieldInfo("user_id", "categorical", cardinality=users), dim, GRAPH, layers)
-    item = LightGCNEncoder(FieldInfo("item_id", "categorical", cardinality=items), dim, GRAPH, layers)
+    item = LightGCNEncoder(FieldInfo("item_id", "categorical", cardinality=items), dim, GRAPH, layers, **item_options)
     user.link(item)
     return user, item
 
@@ -52,6 +52,35 @@ def test_propagation_is_the_layer_mean_of_the_normalised_adjacency():
     assert not torch.allclose(item(torch.tensor([4])), first)
 
 
+def test_knn_graph_links_each_item_to_its_most_similar_items():
+    torch.manual_seed(0)
+    vectors = torch.randn(9, 3)
+    present = torch.ones(9, dtype=torch.bool)
+    present[5] = False  # no content: no edges either way
+    edges = knn_graph(vectors, present, neighbours=2)
+    unit = torch.nn.functional.normalize(vectors, dim=-1)
+    candidates = [i for i in range(2, 9) if i != 5]  # ids 0 and 1 are reserved
+    expected = set()
+    for item in candidates:
+        others = sorted((i for i in candidates if i != item), key=lambda i: -(unit[item] @ unit[i]).item())
+        expected |= {(item, other) for other in others[:2]}
+    assert set(map(tuple, edges.T.tolist())) == expected
+    assert knn_graph(vectors, present, neighbours=50).shape[1] == len(candidates) * (len(candidates) - 1)
+
+
+def test_an_item_without_interactions_is_represented_through_its_content_neighbours():
+    torch.manual_seed(0)
+    user, item = linked(users=4, items=6, layers=1, content={"vector": 1.0}, neighbours=1)
+    user.use_interactions(torch.tensor([2, 3]), torch.tensor([2, 3]))  # items 4 and 5: no interaction
+    vectors = torch.tensor([[0.0, 0], [0, 0], [1, 0], [0, 1], [0.1, 1], [1, 0.1]])
+    item.use_item_content({"vector": vectors}, {"vector": torch.ones(6, dtype=torch.bool)})
+    assert set(map(tuple, item.propagation.item_edges.T.tolist())) == {(2, 5), (3, 4), (4, 3), (5, 2)}
+    with torch.no_grad():
+        plain = item.embedding.weight[4] / 2  # no interaction: its own embedding over K + 1
+        content = torch.nn.functional.normalize(item.embedding.weight[3], dim=-1)  # its one neighbour, normalised
+        torch.testing.assert_close(item(torch.tensor([4]))[0], plain + content)
+
+
 def fit(root, config: dict) -> str:
     config["trainer"].update(max_epochs=1, enable_checkpointing=True, logger=True, default_root_dir=str(root))
     assert main(["fit", "--config", str(write_config(root, config)), "--test_after_fit", "false"]) == 0
@@ -59,16 +88,19 @@ def fit(root, config: dict) -> str:
     return str(checkpoint)
 
 
-def with_graph(config: dict, layers: int = 2) -> dict:
+def with_graph(config: dict, layers: int = 2, **item_options) -> dict:
     config["model"].setdefault("encoders", {}).update(
         {field: {"name": "lightgcn", "graph": copy.deepcopy(GRAPH), "layers": layers} for field in ("user_id", "item_id")})
+    config["model"]["encoders"]["item_id"].update(item_options)
     return config
 
 
 @pytest.fixture(scope="module")
 def ranking(tmp_path_factory):
     root = tmp_path_factory.mktemp("lightgcn")
-    return root, fit(root, with_graph(small_config(trunk={"name": "shared_bottom", "hidden": [32]})))
+    # The items' precomputed vectors give the item-item graph as well.
+    config = with_graph(small_config(trunk={"name": "shared_bottom", "hidden": [32]}), content={"item_embedding": 1.0})
+    return root, fit(root, config)
 
 
 def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking):
@@ -90,6 +122,9 @@ def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking
     user = module.model.encoders["user_id"]
     assert user.propagation.edges.shape == edges.shape
     assert user.propagation.normalised_adjacency()._nnz() == 2 * edges.shape[1]
+    items = state["model.encoders.item_id.propagation.item_edges"]
+    assert items.shape[1] == 10 * (module.model.encoders["item_id"].embedding.num_embeddings - 2)  # 10 neighbours each
+    torch.testing.assert_close(module.model.encoders["item_id"].propagation.item_edges, items)
 
 
 @pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
@@ -117,6 +152,10 @@ def test_retrieval_towers_read_lightgcn_ids(tmp_path):
     (lambda c: [e["graph"].update(positive={"column": "clicks"}) for e in c["model"]["encoders"].values()],
      "model.encoders.user_id.graph.positive.column: no column 'clicks'"),
     (lambda c: c["model"]["encoders"]["user_id"].update(graph={"user": "user_id"}), "model.encoders.user_id.graph"),
+    (lambda c: c["model"]["encoders"]["user_id"].update(content={"item_embedding": 1.0}),
+     "model.encoders.user_id.content: the content graph is an item-item graph"),
+    (lambda c: c["model"]["encoders"]["item_id"].update(content={"item_category": 1.0}),
+     "model.encoders.item_id.content: 'item_category' is not a vector feature or a content field"),
 ])
 def test_bad_graph_configs_fail_with_one_line(tmp_path, capsys, change, message):
     config = with_graph(small_config())

@@ -5,6 +5,12 @@ U users, I items (the two fields' vocabularies), E edges, D = ``dim``, K = ``lay
 ``A_hat = D^-1/2 A D^-1/2``, the output tables are ``mean(E_0, A_hat E_0, ..., A_hat^K E_0)`` over the
 concatenated ``[U + I, D]`` embeddings ``E_0``. No weights besides the embeddings, no non-linearity.
 
+With ``content`` (on the item field), FREEDOM's item-item graph (Zhou et al., ACM MM 2023) is added:
+for each content field a frozen kNN graph of its item vectors (each item's ``neighbours`` most
+cosine-similar items), the fields' graphs summed with their weights and normalised like ``A``; the
+item table gets ``normalise(S_hat^L E_items)`` added (L = ``content_layers``), so an item with few or
+no training interactions is represented through the items its content resembles.
+
 Cost: each training forward propagates the whole graph, ``K`` sparse products of ``2E`` non-zeros by
 ``D`` columns, once per linked encoder (twice a step); in eval mode the tables are propagated once
 and kept until the model trains again, so validation, top-K and export read plain tables.
@@ -17,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusionrec.components import FieldInfo, PositiveInt
+from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.components.graph import GraphEncoder
 from fusionrec.errors import ConfigError
 from fusionrec.features.base import RESERVED
@@ -29,11 +35,15 @@ class Propagation(nn.Module):
     """The graph both linked encoders share: their tables, the edges (a buffer, saved in checkpoints)
     and the propagated tables ``(users [U, D], items [I, D])``."""
 
-    def __init__(self, users: nn.Embedding, items: nn.Embedding, layers: int):
+    def __init__(self, users: nn.Embedding, items: nn.Embedding, layers: int, item_layers: int):
         super().__init__()
-        self.users, self.items, self.layers = users, items, layers
+        self.users, self.items, self.layers, self.item_layers = users, items, layers, item_layers
         self.register_buffer("edges", torch.zeros(2, 0, dtype=torch.long))  # [2, E]: user ids, item ids
+        # The content item-item graph: [2, M] (item, neighbour) pairs and their [M] summed field weights.
+        self.register_buffer("item_edges", torch.zeros(2, 0, dtype=torch.long))
+        self.register_buffer("item_weights", torch.zeros(0))
         self.adjacency: Tensor | None = None  # A_hat, sparse [U + I, U + I], built from the edges once
+        self.content_adjacency: Tensor | None = None  # S_hat, sparse [I, I]
         self.propagated: tuple[Tensor, Tensor] | None = None  # eval mode's tables
 
     def set_edges(self, users: Tensor, items: Tensor) -> None:
@@ -44,20 +54,37 @@ class Propagation(nn.Module):
         self.edges = pairs.to(self.users.weight.device)
         self.adjacency, self.propagated = None, None
 
+    def set_item_graph(self, edges: Tensor, weights: Tensor) -> None:
+        self.item_edges, self.item_weights = edges, weights
+        self.content_adjacency, self.propagated = None, None
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # The saved graph's size is the data's: take it as saved rather than into the empty buffer.
-        if prefix + "edges" in state_dict:
-            self.edges = torch.empty_like(state_dict[prefix + "edges"])
-        self.adjacency, self.propagated = None, None
+        # The saved graphs' sizes are the data's: take them as saved rather than into the empty buffers.
+        for name in ("edges", "item_edges", "item_weights"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        self.adjacency, self.content_adjacency, self.propagated = None, None, None
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "Propagation":
-        self.adjacency, self.propagated = None, None  # rebuilt on the edges' new device
+        self.adjacency, self.content_adjacency, self.propagated = None, None, None  # rebuilt on the new device
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> "Propagation":
         self.propagated = None  # parameters change in training; eval mode propagates once, afresh
         return super().train(mode)
+
+    def item_adjacency(self) -> Tensor:
+        """``S_hat``: the content graph, symmetric-normalised by its weighted degrees, ``[I, I]``."""
+        if self.content_adjacency is not None:
+            return self.content_adjacency
+        size = self.items.num_embeddings
+        rows, columns = self.item_edges
+        degree = torch.zeros(size, device=rows.device).index_add_(0, rows, self.item_weights)
+        scale = degree.clamp(min=1e-12).rsqrt()
+        values = self.item_weights * scale[rows] * scale[columns]
+        self.content_adjacency = torch.sparse_coo_tensor(self.item_edges, values, (size, size)).coalesce()
+        return self.content_adjacency
 
     def normalised_adjacency(self) -> Tensor:
         if self.adjacency is None:
@@ -80,7 +107,13 @@ class Propagation(nn.Module):
         for _ in range(self.layers):
             layer = torch.sparse.mm(adjacency, layer)
             total = total + layer
-        tables = (total / (self.layers + 1)).split([self.users.num_embeddings, self.items.num_embeddings])
+        users, items = (total / (self.layers + 1)).split([self.users.num_embeddings, self.items.num_embeddings])
+        if self.item_edges.shape[1]:
+            content, similar = self.item_adjacency(), self.items.weight
+            for _ in range(self.item_layers):
+                similar = torch.sparse.mm(content, similar)
+            items = items + nn.functional.normalize(similar, dim=-1)
+        tables = (users, items)
         if not self.training:
             self.propagated = tuple(table.detach() for table in tables)
             return self.propagated
@@ -96,11 +129,17 @@ class LightGCNEncoder(GraphEncoder):
     ``K + 1``.
     """
 
-    def __init__(self, field: FieldInfo, dim: PositiveInt, graph: dict[str, Any], layers: PositiveInt = 3):
+    def __init__(self, field: FieldInfo, dim: PositiveInt, graph: dict[str, Any], layers: PositiveInt = 3,
+                 content: dict[str, PositiveFloat] | None = None, neighbours: PositiveInt = 10,
+                 content_layers: PositiveInt = 1):
         super().__init__(field, dim, graph)
+        if content and self.side == "user":
+            raise ConfigError(f"model.encoders.{field.name}.content: the content graph is an item-item graph; give "
+                              f"it to the item field '{self.graph['item']}'")
         self.embedding = nn.Embedding(field.cardinality, dim)
         nn.init.normal_(self.embedding.weight, std=INIT_STD)
         self.layers = layers
+        self.content, self.neighbours, self.content_layers = dict(content or {}), neighbours, content_layers
         self.propagation: Propagation | None = None
 
     def id_embedding(self) -> nn.Embedding:
@@ -110,11 +149,46 @@ class LightGCNEncoder(GraphEncoder):
         if not isinstance(item, LightGCNEncoder) or (item.layers, item.output_dim) != (self.layers, self.output_dim):
             raise ConfigError(f"model.encoders.{item.field.name}: the graph's two fields need the lightgcn encoder "
                               f"with the same layers and dim as '{self.field.name}'")
-        self.propagation = item.propagation = Propagation(self.embedding, item.embedding, self.layers)
+        self.propagation = item.propagation = Propagation(self.embedding, item.embedding, self.layers,
+                                                          item.content_layers)
 
     def use_interactions(self, users: Tensor, items: Tensor) -> None:
         self.propagation.set_edges(users, items)
 
+    def content_fields(self) -> list[str]:
+        return list(self.content)
+
+    def use_item_content(self, vectors: dict[str, Tensor], present: dict[str, Tensor]) -> None:
+        graphs = {field: knn_graph(vectors[field], present[field], self.neighbours) for field in self.content}
+        edges = torch.cat(list(graphs.values()), dim=1)
+        weights = torch.cat([torch.full((graph.shape[1],), float(self.content[field])) for field, graph in graphs.items()])
+        # The fields' graphs summed: a pair in several adds their weights.
+        pairs, inverse = torch.unique(edges, dim=1, return_inverse=True)
+        summed = torch.zeros(pairs.shape[1]).index_add_(0, inverse, weights)
+        device = self.embedding.weight.device
+        self.propagation.set_item_graph(pairs.to(device), summed.to(device))
+
     def forward(self, ids: Tensor) -> Tensor:
         users, items = self.propagation()
         return (users if self.side == "user" else items)[ids]
+
+
+def knn_graph(vectors: Tensor, present: Tensor, neighbours: int, block: int = 4096) -> Tensor:
+    """``[2, M]`` (item, neighbour) ids: each present item's ``neighbours`` most cosine-similar other
+    present items (fewer when fewer items have a vector), in blocks of
+    ``block`` items, so memory stays ``block x I``. Reserved ids (padding, out of vocabulary) take no part."""
+    present = present.clone()
+    present[:RESERVED] = False
+    ids = torch.nonzero(present).squeeze(1)
+    k = min(neighbours, len(ids) - 1)
+    if k < 1:
+        return torch.zeros(2, 0, dtype=torch.long)
+    unit = nn.functional.normalize(vectors[ids].float(), dim=-1)
+    sources, targets = [], []
+    for start in range(0, len(ids), block):
+        scores = unit[start:start + block] @ unit.T  # [b, N]
+        scores[torch.arange(len(scores)), torch.arange(start, start + len(scores))] = -torch.inf  # not itself
+        chosen = scores.topk(k, dim=1).indices
+        sources.append(ids[start:start + len(scores)].repeat_interleave(k))
+        targets.append(ids[chosen.flatten()])
+    return torch.stack([torch.cat(sources), torch.cat(targets)])

@@ -42,6 +42,16 @@ class GraphEncoder(FieldEncoder):
         """Called on the user side's encoder: the edges ``(users [E], items [E])``, the two fields' ids."""
         raise NotImplementedError
 
+    def content_fields(self) -> list[str]:
+        """The content fields (text, image, audio read by a frozen encoder, or vectors) whose item vectors
+        the encoder reads (:meth:`use_item_content`); none by default."""
+        return []
+
+    def use_item_content(self, vectors: dict[str, Tensor], present: dict[str, Tensor]) -> None:
+        """Called on an item side's encoder with :meth:`content_fields`: ``{field: [I, D_f]}``, each item
+        id's vector (its first training row's), and ``{field: Bool[I]}``, which ids have one."""
+        raise NotImplementedError
+
 
 def checked_graph(graph: Any, key: str) -> dict[str, Any]:
     if not isinstance(graph, dict) or not isinstance(graph.get("user"), str) or not isinstance(graph.get("item"), str):
