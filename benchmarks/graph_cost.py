@@ -17,9 +17,11 @@ model links them and handed the edges; per case (edges, layers) it times:
 
 Each case runs in a fresh subprocess that generates the edges, then resets its peak RSS
 (``/proc/self/clear_refs``, Linux only) and reports the peak RSS increase over that baseline after
-each phase: set_edges, + adjacency, + the propagations (the last is the case's peak).
+each phase: set_edges, + adjacency, + the propagations (the last is the case's peak). The phases'
+freed memory stays with the allocator, so a later phase shows only what it needs beyond the
+earlier peaks.
 
-    .venv/bin/python benchmarks/graph_cost.py --threads 1            # ~10 minutes on one core
+    .venv/bin/python benchmarks/graph_cost.py --threads 1            # ~11 minutes on one core
     .venv/bin/python benchmarks/graph_cost.py --edges 100000 --layers 2  # smoke run
 """
 
@@ -98,9 +100,9 @@ def run_case(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     adjacency = propagation.normalised_adjacency()
     result["adjacency"] = time.perf_counter() - start
+    result["after_build"] = status_bytes("VmHWM") - baseline
     result["edges_bytes"] = propagation.edges.numel() * propagation.edges.element_size()
     result["adjacency_bytes"] = sparse_bytes(adjacency)
-    result["after_build"] = status_bytes("VmHWM") - baseline
 
     def train_propagation() -> float:
         start = time.perf_counter()

