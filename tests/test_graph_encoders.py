@@ -52,6 +52,25 @@ def test_propagation_is_the_layer_mean_of_the_normalised_adjacency():
     assert not torch.allclose(item(torch.tensor([4])), first)
 
 
+def test_a_training_step_propagates_once_for_both_fields(monkeypatch):
+    torch.manual_seed(0)
+    user, item = linked(users=5, items=6, layers=2)
+    user.use_interactions(torch.tensor([2, 3, 4]), torch.tensor([3, 4, 5]))
+    calls = []
+    product = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda *args: calls.append(1) or product(*args))
+    optimiser = torch.optim.SGD([user.embedding.weight, item.embedding.weight], lr=0.5)
+    before = item(torch.tensor([3]))
+    (user(torch.tensor([2, 3])).sum() + before.sum()).backward()
+    assert len(calls) == 2  # K = 2 products: the user field reused the item field's propagation
+    optimiser.step()
+    optimiser.zero_grad()
+    after = item(torch.tensor([3]))  # the backward dropped the step's tables: propagated afresh
+    assert len(calls) == 4 and not torch.allclose(after, before)
+    (user(torch.tensor([2])).sum() + after.sum()).backward()
+    assert len(calls) == 4
+
+
 def test_knn_graph_links_each_item_to_its_most_similar_items():
     torch.manual_seed(0)
     vectors = torch.randn(9, 3)

@@ -11,9 +11,10 @@ cosine-similar items), the fields' graphs summed with their weights and normalis
 item table gets ``normalise(S_hat^L E_items)`` added (L = ``content_layers``), so an item with few or
 no training interactions is represented through the items its content resembles.
 
-Cost: each training forward propagates the whole graph, ``K`` sparse products of ``2E`` non-zeros by
-``D`` columns, once per linked encoder (twice a step); in eval mode the tables are propagated once
-and kept until the model trains again, so validation, top-K and export read plain tables.
+Cost: each training step propagates the whole graph once, ``K`` sparse products of ``2E`` non-zeros
+by ``D`` columns (the second linked encoder reuses the step's tables); in eval mode the tables are
+propagated once and kept until the model trains again, so validation, top-K and export read plain
+tables.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Propagation(nn.Module):
         self.adjacency: Tensor | None = None  # A_hat, sparse [U + I, U + I], built from the edges once
         self.content_adjacency: Tensor | None = None  # S_hat, sparse [I, I]
         self.propagated: tuple[Tensor, Tensor] | None = None  # eval mode's tables
+        # Training: the tables of the current step, which the other linked encoder reuses; dropped when
+        # the backward pass reaches them (after which the parameters change).
+        self.step_tables: tuple[Tensor, Tensor] | None = None
 
     def set_edges(self, users: Tensor, items: Tensor) -> None:
         """Distinct (user, item) pairs; pairs with a reserved id (padding, out of vocabulary) are no edges:
@@ -54,26 +58,27 @@ class Propagation(nn.Module):
         keys = torch.unique(users[known] * self.items.num_embeddings + items[known])
         pairs = torch.stack([keys // self.items.num_embeddings, keys % self.items.num_embeddings])
         self.edges = pairs.to(self.users.weight.device)
-        self.adjacency, self.propagated = None, None
+        self.adjacency, self.propagated, self.step_tables = None, None, None
 
     def set_item_graph(self, edges: Tensor, weights: Tensor) -> None:
         self.item_edges, self.item_weights = edges, weights
-        self.content_adjacency, self.propagated = None, None
+        self.content_adjacency, self.propagated, self.step_tables = None, None, None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The saved graphs' sizes are the data's: take them as saved rather than into the empty buffers.
         for name in ("edges", "item_edges", "item_weights"):
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        self.adjacency, self.content_adjacency, self.propagated = None, None, None
+        self.adjacency, self.content_adjacency, self.propagated, self.step_tables = None, None, None, None
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "Propagation":
-        self.adjacency, self.content_adjacency, self.propagated = None, None, None  # rebuilt on the new device
+        # Rebuilt on the new device.
+        self.adjacency, self.content_adjacency, self.propagated, self.step_tables = None, None, None, None
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> "Propagation":
-        self.propagated = None  # parameters change in training; eval mode propagates once, afresh
+        self.propagated, self.step_tables = None, None  # eval mode propagates once, afresh
         return super().train(mode)
 
     def item_adjacency(self) -> Tensor:
@@ -103,6 +108,8 @@ class Propagation(nn.Module):
     def forward(self) -> tuple[Tensor, Tensor]:
         if not self.training and self.propagated is not None:
             return self.propagated
+        if self.training and self.step_tables is not None:
+            return self.step_tables
         layer = torch.cat([self.users.weight, self.items.weight])  # [U + I, D]
         total = layer
         adjacency = self.normalised_adjacency()
@@ -119,7 +126,13 @@ class Propagation(nn.Module):
         if not self.training:
             self.propagated = tuple(table.detach() for table in tables)
             return self.propagated
+        if torch.is_grad_enabled():
+            self.step_tables = tables
+            total.register_hook(self._backward_reached)
         return tables
+
+    def _backward_reached(self, gradient: Tensor) -> None:
+        self.step_tables = None
 
 
 class LightGCNEncoder(GraphEncoder):
