@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -31,8 +31,9 @@ from fusionrec.export.evaluation import test_split_metrics
 from fusionrec.export.graphs import ItemEncoderGraph, ScoringGraph, TowerGraph, write_programs
 from fusionrec.export.retrieval import catalogue_vectors
 from fusionrec.features.base import FeatureType, implementation
-from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, ITEM_KEYS, ITEM_VECTORS, MANIFEST, ONNX_GRAPH,
-                                      PROGRAM, TOWERS, item_encoder_files, present_input, tower_files, write_checksums)
+from fusionrec.serving.bundle import (ASSETS, FORMAT_VERSION, GOLDEN, ITEM_KEYS, ITEM_VECTORS, MANIFEST,
+                                      NO_FUSED_SCORE, ONNX_GRAPH, PROGRAM, TOWERS, item_encoder_files, present_input,
+                                      tower_files, write_checksums)
 from fusionrec.serving.content import ContentPreparer, content_preparer
 from fusionrec.serving.features import FeatureEncoder
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
@@ -292,8 +293,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, score: str | dict | N
             # Before the slow steps: a bad items table is said at once.
             catalogue = writer.catalogue(items, item_key) if items is not None else None
             if score is not None and writer.retrieval:
-                raise ConfigError("--score: a retrieval bundle's /recommend ranks by its towers' score, so it takes "
-                                  "no fused score")
+                raise ConfigError(f"--score: {NO_FUSED_SCORE}")
             tasks = list(writer.module.model.heads)
             fused = FusedScore.parse(score, combine, tasks).as_dict() if score is not None else None
             metrics = test_split_metrics(checkpoint, writer.module) if test_metrics else None

@@ -128,12 +128,11 @@ class ApproximateIndex:
     highest inner product with it: a search reads about ``nprobe / nlist`` of the catalogue.
     Defaults: ``nlist = 4 sqrt(I)`` (the low end of faiss's guideline, capped so that each list
     has the 39 training items k-means asks for), k-means on at most 64 items per list for 10
-    iterations (build 20-30 s at 1M items, D = 64, on one core), ``nprobe = 32``. It was chosen
+    iterations (build 14 s at 1M items, D = 64, two threads), ``nprobe = 32``. It was chosen
     over HNSW because it builds several times faster (100k items on one core: 1.5 s against 11 s
     for HNSW with M = 32, which also searched slower at the same recall) and its one search knob,
-    ``nprobe``, trades recall for time predictably. The index keeps its own
-    copy of the vectors (``4 I D`` bytes). On
-    ``benchmarks/retrieval_scale.py`` the defaults give recall@100 >= 0.95 (figures in
+    ``nprobe``, trades recall for time predictably. The index keeps its own copy of the vectors
+    (``4 I D`` bytes). On ``benchmarks/retrieval_scale.py`` the defaults give recall@100 >= 0.95 (figures in
     ``benchmarks/retrieval/README.md``); recall depends on how clustered the vectors are, so
     measure it on your own with :func:`recall_against` and raise ``nprobe`` if it is too low.
     """

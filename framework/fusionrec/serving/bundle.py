@@ -36,6 +36,7 @@ from fusionrec.serving.features import (MAX_TEXT_CHARS, FeatureEncoder, FeatureV
                                         checked_string, float32_vector, listed, present_input, request_error, shown)
 
 __all__ = ["ASSETS", "CHECKSUMS", "FORMAT_VERSION", "GOLDEN", "ITEM_KEYS", "ITEM_VECTORS", "MANIFEST", "NO_CATALOGUE",
+           "NO_FUSED_SCORE",
            "ONNX_GRAPH", "PROGRAM", "TOWERS", "Bundle", "BundleError", "file_sha256", "item_encoder_files",
            "present_input", "read_checksums", "top_rows", "tower_files", "write_checksums"]
 
@@ -43,6 +44,7 @@ MANIFEST, PROGRAM, ONNX_GRAPH, GOLDEN, ASSETS = "manifest.json", "model.pt2", "m
 CHECKSUMS = "SHA256SUMS"
 TOWERS = ("user", "item")
 ITEM_VECTORS, ITEM_KEYS = "item_vectors.npy", "item_keys.json"
+NO_FUSED_SCORE = "a retrieval bundle's /recommend ranks by its towers' score, so it takes no fused score"
 NO_CATALOGUE = ("this bundle holds no item vectors to recommend from: export the checkpoint again with "
                 "--items ITEMS_TABLE (the catalogue: its key column and the item-side fields)")
 # 2: SHA256SUMS covers every file, manifest.json included; per-output golden tolerances. 3: each preprocessing

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionrec.errors import ConfigError
 from fusionrec.serving.batching import MicroBatcher
-from fusionrec.serving.bundle import NO_CATALOGUE, Bundle
+from fusionrec.serving.bundle import NO_CATALOGUE, NO_FUSED_SCORE, Bundle
 from fusionrec.serving.content import ContentError, existing_file
 from fusionrec.serving.features import (MAX_CHARS, MAX_PROBLEMS, RequestError, checked_key, checked_string, listed,
                                          shown)
@@ -220,8 +220,7 @@ def create_app(bundle: Bundle, *, max_batch_rows: int = 1024, max_wait_ms: float
                           f"and {max_wait_ms}")
     manifest = bundle.manifest
     if bundle.retrieval and fused_score is not None:
-        raise ConfigError("--score: a retrieval bundle's /recommend ranks by its towers' score, so it takes no fused "
-                          "score")
+        raise ConfigError(f"--score: {NO_FUSED_SCORE}")
     if fused_score is None and manifest.get("fused_score"):
         entry = manifest["fused_score"]
         fused_score = FusedScore.parse(entry["terms"], entry.get("combine", "product"), bundle.tasks,

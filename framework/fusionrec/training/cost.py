@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from fusionrec.components import FieldEncoder
 from fusionrec.models.content import ContentField
 
 MIB = 2**20
@@ -44,13 +45,19 @@ def model_costs(model: nn.Module) -> list[Cost]:
     """One row per embedding table (an ``nn.Embedding``/``EmbeddingBag`` of an id field's encoder), per
     field encoder's other parameters (a projection; a content field's whole backbone), then each of the
     model's other parts (fusion, trunk and heads; a retrieval model's towers)."""
-    rows, listed = [], set()  # a table a sequence shares with its id field is listed once, under the id field
+    # A table another field's encoder reaches (a history sharing the item id's, a graph encoder's partner)
+    # is listed once, under the field whose id table it is.
+    owners = {id(encoder.id_embedding()): field for field, encoder in model.encoders.items()
+              if isinstance(encoder, FieldEncoder) and encoder.id_embedding() is not None}
+    rows, listed = [], set()
     for field, encoder in model.encoders.items():
         # A content field's backbone (a transformer's token embeddings included) is one encoder row:
         # the tables that grow with the data, and that the budget is about, are the id fields'.
         tables = [] if isinstance(encoder, ContentField) else [
             m for m in encoder.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
-        for table in (table for table in tables if id(table) not in listed):
+        for table in tables:
+            if id(table) in listed or owners.get(id(table), field) != field:
+                continue
             listed.add(id(table))
             rows.append(_row(f"{field} table [{table.num_embeddings} x {table.embedding_dim}]",
                              list(table.parameters()), [], True))
