@@ -14,7 +14,7 @@ from fusionrec.components import FieldInfo
 from fusionrec.data.synthetic import generate_impressions
 from fusionrec.serving import load, load_onnx
 from fusionrec.training.checkpoint import load_module
-from fusionrec_graph.lightgcn import LightGCNEncoder, knn_graph
+from fusionrec_graph.lightgcn import LightGCNEncoder, SymmetricProduct, knn_graph
 
 GRAPH = {"user": "user_id", "item": "item_id", "positive": {"column": "click"}}
 
@@ -42,6 +42,12 @@ def test_propagation_is_the_layer_mean_of_the_normalised_adjacency():
     with torch.no_grad():
         torch.testing.assert_close(user(torch.arange(5)), expected[:5])
         torch.testing.assert_close(item(torch.arange(6)), expected[5:])
+    # The gradients (the sparse product's own backward) are the dense formula's.
+    weights = torch.randn(11, 4)
+    (torch.cat([user(torch.arange(5)), item(torch.arange(6))]) * weights).sum().backward()
+    dense = torch.cat([user.embedding.weight, item.embedding.weight]).detach().requires_grad_()
+    ((dense + normalised @ dense + normalised @ normalised @ dense) / 3 * weights).sum().backward()
+    torch.testing.assert_close(torch.cat([user.embedding.weight.grad, item.embedding.weight.grad]), dense.grad)
     # Eval mode propagates once and keeps the tables until the model trains again.
     user.eval(), item.eval()
     first = item(torch.tensor([4]))
@@ -57,8 +63,8 @@ def test_a_training_step_propagates_once_for_both_fields(monkeypatch):
     user, item = linked(users=5, items=6, layers=2)
     user.use_interactions(torch.tensor([2, 3, 4]), torch.tensor([3, 4, 5]))
     calls = []
-    product = torch.sparse.mm
-    monkeypatch.setattr(torch.sparse, "mm", lambda *args: calls.append(1) or product(*args))
+    product = SymmetricProduct.forward
+    monkeypatch.setattr(SymmetricProduct, "forward", staticmethod(lambda *args: calls.append(1) or product(*args)))
     optimiser = torch.optim.SGD([user.embedding.weight, item.embedding.weight], lr=0.5)
     before = item(torch.tensor([3]))
     (user(torch.tensor([2, 3])).sum() + before.sum()).backward()
@@ -125,7 +131,7 @@ def ranking(tmp_path_factory):
 def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking):
     _, checkpoint = ranking
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    edges = state["model.encoders.user_id.propagation.edges"]
+    edges = state["model.encoders.user_id.propagation._extra_state"]["edges"]
     log = generate_impressions(**SMALL_LOG).sort_values("timestamp", kind="stable")
     train = log.iloc[:int(len(log) * 0.8)]  # the config's time split: 80% train
     preprocessing = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["preprocessing"]
@@ -141,7 +147,7 @@ def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking
     user = module.model.encoders["user_id"]
     assert user.propagation.edges.shape == edges.shape
     assert user.propagation.normalised_adjacency()._nnz() == 2 * edges.shape[1]
-    items = state["model.encoders.item_id.propagation.item_edges"]
+    items = state["model.encoders.item_id.propagation._extra_state"]["item_edges"]
     assert items.shape[1] == 10 * (module.model.encoders["item_id"].embedding.num_embeddings - 2)  # 10 neighbours each
     torch.testing.assert_close(module.model.encoders["item_id"].propagation.item_edges, items)
 

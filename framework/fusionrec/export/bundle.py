@@ -196,8 +196,9 @@ class BundleWriter:
         batch = torch.export.Dim("batch", min=1)
         write_programs(graph, "features", example, {name: {0: batch} for name in example}, list(expected),
                        self.staging / PROGRAM, self.staging / ONNX_GRAPH if self.with_onnx else None)
-        save_file({k: v.detach().contiguous().clone() for k, v in self.module.model.state_dict().items()},
-                  self.staging / WEIGHTS)
+        # Parameters and buffers; a module's extra state (a graph encoder's training edges) is no weight.
+        save_file({k: v.detach().contiguous().clone() for k, v in self.module.model.state_dict().items()
+                   if isinstance(v, torch.Tensor)}, self.staging / WEIGHTS)
         golden_rows = {"inputs": inputs, "outputs": {task: value.tolist() for task, value in expected.items()}}
         retrieval = None
         if self.retrieval:
