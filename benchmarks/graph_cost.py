@@ -73,7 +73,8 @@ def generate(num_edges: int, num_users: int, num_items: int, alpha: float, seed:
 
 
 def sparse_bytes(matrix: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in (matrix._indices(), matrix._values()))
+    """A sparse CSR matrix's size: its row offsets, column indices and values."""
+    return sum(t.numel() * t.element_size() for t in (matrix.crow_indices(), matrix.col_indices(), matrix.values()))
 
 
 def run_case(args: argparse.Namespace) -> None:

@@ -180,7 +180,7 @@ def test_retrieval_towers_read_lightgcn_ids(tmp_path):
     (lambda c: c["model"]["encoders"]["user_id"].update(content={"item_embedding": 1.0}),
      "model.encoders.user_id.content: the content graph is an item-item graph"),
     (lambda c: c["model"]["encoders"]["item_id"].update(content={"item_category": 1.0}),
-     "model.encoders.item_id.content: 'item_category' is not a vector feature or a content field"),
+     "model.encoders.item_id.content: 'item_category' is not a vector feature, a multi_categorical feature"),
 ])
 def test_bad_graph_configs_fail_with_one_line(tmp_path, capsys, change, message):
     config = with_graph(small_config())

@@ -21,7 +21,7 @@ from fusionrec.export.graphs import ScoringGraph, write_programs
 from fusionrec.models.multitask import MultiTaskModel
 from fusionrec.plugins import get_registry
 from fusionrec.recommend import recommend
-from fusionrec.recommend.catalogue import Side
+from fusionrec.data.keyed import Side
 from fusionrec.recommend.ranker import Ranker
 from fusionrec.serving import load, load_onnx
 from fusionrec.serving.command import open_bundle

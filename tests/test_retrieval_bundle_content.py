@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from fusionrec.cli import main
 from fusionrec.data.synthetic import quickstart_log
 from fusionrec.data.synthetic_media import FILLER_WORDS, TITLE_WORDS
-from fusionrec.recommend.catalogue import Side, transform_side
+from fusionrec.data.keyed import Side, transform_side
 from fusionrec.serving import load, load_onnx
 from fusionrec.serving.server import create_app
 from fusionrec.training.content import attach_content_encoders

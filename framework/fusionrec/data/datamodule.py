@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from fusionrec.components.options import NonNegativeFloat, NonNegativeInt, PositiveInt
 from fusionrec.data.batches import TensorTable, batch_loader
 from fusionrec.data.history import build_histories, history_columns
+from fusionrec.data.keyed import Side, read_side, transform_side
 from fusionrec.data.negatives import ItemCatalogue, NegativeSampledTable, mark_positives, parse_negatives
 from fusionrec.data.preprocessing import Preprocessor
 from fusionrec.data.reading import join_side_tables, read_table, require_columns, split_table
@@ -44,6 +45,10 @@ class MultiTaskDataModule(LightningDataModule):
         path: one file to split by ``split``; or give ``train`` (+ ``val``, ``test``) files.
         split: ``{method: random|time, ratios: [train, val, test], time_column, seed}``.
         joins: side tables left-joined onto every split: ``[{path, key}]``.
+        catalogue: ``{path, key}``, the item catalogue: one row per item (``key``, its id column) with
+            item features as columns. Its items count in those features' vocabularies, so an item
+            without training rows gets its own id instead of the out-of-vocabulary one, and graph
+            encoders read their content from it (docs/graph-encoders.md).
         generate: ``{rows, users, items, seed}`` for the synthetic quickstart log (instead of files).
         streaming: ``{train, val, test, shuffle_buffer, fit_rows}``: read Parquet shards (paths, globs
             or fsspec URLs) a row group at a time instead of loading the splits (docs/streaming.md).
@@ -62,7 +67,7 @@ class MultiTaskDataModule(LightningDataModule):
     def __init__(self, features: dict[str, Any], tasks: dict[str, Any], path: str | None = None,
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  predict: str | None = None, split: dict[str, Any] | None = None,
-                 joins: list[dict[str, Any]] | None = None, generate: dict[str, Any] | None = None,
+                 joins: list[dict[str, Any]] | None = None, catalogue: dict[str, str] | None = None, generate: dict[str, Any] | None = None,
                  streaming: dict[str, Any] | None = None, scenario: str | None = None, group: str | None = None,
                  negatives: dict[str, Any] | None = None, batch_size: PositiveInt = 1024,
                  eval_batch_size: PositiveInt = 8192, num_workers: NonNegativeInt = 0, shuffle_seed: int | None = None):
@@ -104,6 +109,11 @@ class MultiTaskDataModule(LightningDataModule):
                 raise ConfigError(f"data.split: unknown key(s) {', '.join(sorted(unknown))}; "
                                   f"accepted: method, ratios, time_column, seed")
             check_options(split_options, split, "data.split")
+        if catalogue is not None and (not isinstance(catalogue, dict) or set(catalogue) != {"path", "key"}
+                                      or not all(isinstance(value, str) for value in catalogue.values())):
+            raise ConfigError(f"data.catalogue: expected {{path: <items table>, key: <its item id column>}}, "
+                              f"got {catalogue!r}")
+        self.catalogue: Side | None = None  # the items of data.catalogue, with their features
         self.preprocessor: Preprocessor | None = None
         self.splits: dict[str, pd.DataFrame] = {}
         self.tables: dict[str, TensorTable] = {}  # or StreamingDataset, with data.streaming
@@ -220,8 +230,9 @@ class MultiTaskDataModule(LightningDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         if isinstance(model, MultiTaskModule):
             model.use_preprocessing(self.preprocessor.state)
-            model.attach_content_encoders(self.tables)
-            model.use_splits(self.splits, self.tables)
+            items = self.catalogue.table if self.catalogue is not None else None
+            model.attach_content_encoders({**self.tables, **({"catalogue": items} if items is not None else {})})
+            model.use_splits(self.splits, self.tables, items)
 
     def _load(self) -> None:
         if self.tables:
@@ -229,11 +240,15 @@ class MultiTaskDataModule(LightningDataModule):
         # Streamed splits are never loaded: their shards are listed, and read batch by batch.
         self.shards = self._shards() if self.streaming else {}
         self.splits = {} if self.streaming else self._load_splits()
+        if self.hparams.catalogue:
+            self.catalogue = self._read_catalogue()
         if self.preprocessor is None:
             # A model restored from a checkpoint brings the vocabularies it was trained with.
             model = self.trainer.lightning_module if self.trainer is not None else None
             fitted = model.hparams.preprocessing if isinstance(model, MultiTaskModule) else None
             self.preprocessor = Preprocessor(fitted) if fitted else self._fit_preprocessing()
+        if self.catalogue is not None:
+            transform_side(self.catalogue, self.preprocessor.state)
         if self.streaming:
             self.tables = self._streaming_datasets(self.shards)  # the splits' datasets, as iterables
             return
@@ -251,6 +266,16 @@ class MultiTaskDataModule(LightningDataModule):
                     self.tables[name].lazy[feature] = column
         self.sampled = self._with_negatives() if self.negative_spec else {}
 
+    def _read_catalogue(self) -> Side:
+        """data.catalogue's table, its key distinct, with the features it holds as columns."""
+        path, key = self.hparams.catalogue["path"], self.hparams.catalogue["key"]
+        side = read_side(path, key, "data.catalogue")
+        side.fields = [name for name in self.feature_specs if name in side.frame.columns and name not in self.built]
+        if not side.fields:
+            raise DataError(f"data.catalogue: {path} has none of the features (data.features) as a column; its "
+                            f"columns: {', '.join(map(str, side.frame.columns))}")
+        return side
+
     def _fit_preprocessing(self) -> Preprocessor:
         """Vocabularies and statistics of the training split, fitted once: in a distributed run by
         rank 0 alone, which sends the fitted state to the other processes."""
@@ -258,10 +283,11 @@ class MultiTaskDataModule(LightningDataModule):
         distributed = trainer is not None and trainer.world_size > 1
         fitted = None
         if not distributed or trainer.global_rank == 0:
+            items = self.catalogue.frame[self.catalogue.fields] if self.catalogue is not None else None
             fitted = (fit_streaming(self.shards["train"], self.feature_specs, self.task_specs, self.registry,
-                                    self.hparams.scenario, self.streaming.fit_rows) if self.streaming else
+                                    self.hparams.scenario, self.streaming.fit_rows, items) if self.streaming else
                       Preprocessor.fit(self.splits["train"], self.feature_specs, self.task_specs, self.registry,
-                                       self.hparams.scenario))
+                                       self.hparams.scenario, items))
         if not distributed:
             return fitted  # its feature types are built already: no second build of every vocabulary
         state = trainer.strategy.broadcast(fitted.state if fitted is not None else None)

@@ -103,9 +103,12 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec],
-            registry: Registry, scenario: str | None = None) -> "Preprocessor":
+            registry: Registry, scenario: str | None = None, catalogue: pd.DataFrame | None = None) -> "Preprocessor":
+        """Fitted on the training rows ``frame`` and the items of ``catalogue`` (see :meth:`IncrementalFit.add_items`)."""
         fit = IncrementalFit(features, tasks, registry, scenario)
         fit.update(frame)
+        if catalogue is not None:
+            fit.add_items(catalogue)
         return fit.result()
 
     # --- applying ---
@@ -186,6 +189,15 @@ class IncrementalFit:
         for column in dict.fromkeys(task.label for task in self.tasks.values()):
             self.where.setdefault(column, _where(frame, column))
             self.labels.setdefault(column, []).append(frame[column])
+
+    def add_items(self, frame: pd.DataFrame) -> None:
+        """The item catalogue (``data.catalogue``, one row per item): each row counts as one more row of
+        the features it has columns for, so that an item without training rows gets its own id."""
+        for name, kind in self.types.items():
+            if not kind.built and kind.fit_column in frame.columns:
+                values = column_values(frame[kind.fit_column])
+                self.partials[name].append(applied(lambda: kind.fit(values), _where(frame, kind.fit_column),
+                                                   frame.index))
 
     def result(self) -> "Preprocessor":
         fitted = {name: applied(lambda: kind.fitted(kind.merge(self.partials[name])), self.where.get(name, name))

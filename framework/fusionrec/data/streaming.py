@@ -181,10 +181,12 @@ def _resolve(source: str, key: str) -> list[tuple[fsspec.AbstractFileSystem, str
 
 
 def fit_streaming(shards: ParquetShards, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec],
-                  registry: Registry, scenario: str | None = None, fit_rows: int | None = None) -> Preprocessor:
+                  registry: Registry, scenario: str | None = None, fit_rows: int | None = None,
+                  catalogue: pd.DataFrame | None = None) -> Preprocessor:
     """The preprocessing of the training shards from one pass over them, a row group at a time; with
     ``fit_rows``, from their first ``fit_rows`` rows (files in path order): ids first seen after them
-    take the out-of-vocabulary id, and numeric statistics are those of the sample."""
+    take the out-of-vocabulary id, and numeric statistics are those of the sample. ``catalogue``: as
+    :meth:`Preprocessor.fit`'s."""
     fit = IncrementalFit(features, tasks, registry, scenario)
     columns = list(dict.fromkeys([*features, *(task.label for task in tasks.values())]))
     remaining = shards.num_rows if fit_rows is None else fit_rows
@@ -198,6 +200,8 @@ def fit_streaming(shards: ParquetShards, features: dict[str, FeatureSpec], tasks
         frame.index = pd.RangeIndex(group.file_row, group.file_row + len(frame))
         frame.attrs["source"] = _url(*shards.files[group.file])
         fit.update(frame)
+    if catalogue is not None:
+        fit.add_items(catalogue)
     return fit.result()
 
 

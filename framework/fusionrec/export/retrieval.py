@@ -10,7 +10,7 @@ import numpy as np
 from fusionrec.errors import DataError
 from fusionrec.features.base import FeatureValueError
 from fusionrec.features.values import id_token
-from fusionrec.recommend.catalogue import read_side
+from fusionrec.data.keyed import read_side
 from fusionrec.recommend.towers import TowerSearch, tower_side
 from fusionrec.training.content import attach_content_encoders
 from fusionrec.training.module import MultiTaskModule

@@ -3,39 +3,12 @@ the model's features, turned into tensors with the checkpoint's fitted preproces
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
-from fusionrec.data.batches import TensorTable
-from fusionrec.data.preprocessing import Preprocessor
+from fusionrec.data.keyed import Side
 from fusionrec.data.reading import read_table, require_columns
 from fusionrec.errors import DataError
-from fusionrec.plugins import get_registry
-
-
-@dataclass
-class Side:
-    """One table: ``keys`` (its key column as strings, one per row, distinct), ``fields`` (the model
-    features it carries) and ``table`` (those features as tensors, row i = ``keys[i]``)."""
-
-    frame: pd.DataFrame
-    keys: pd.Index
-    fields: list[str]
-    table: TensorTable | None = None
-
-
-def read_side(path: str, key: str, option: str) -> Side:
-    """Read a users or items table; its key column must exist and hold each id once."""
-    frame = read_table(path, option)
-    require_columns(frame, {key: f"{option} key"})
-    keys = frame[key].astype("string")
-    repeated = keys.duplicated()
-    if repeated.any():
-        raise DataError(f"{option}: {path}, column '{key}': id {keys[repeated].iloc[0]!r} appears more than once "
-                        f"({int(repeated.sum())} repeated row(s)); each id must have one row")
-    return Side(frame.reset_index(drop=True), pd.Index(keys.to_numpy(dtype=object)), [])
 
 
 def assign_fields(preprocessing: dict, users: Side, items: Side, user_option: str, item_option: str) -> None:
@@ -49,15 +22,6 @@ def assign_fields(preprocessing: dict, users: Side, items: Side, user_option: st
             raise DataError(f"feature '{name}' of the model is a column of neither {user_option} "
                             f"({users.frame.attrs['source']}) nor {item_option} ({items.frame.attrs['source']})")
         (users if in_users else items).fields.append(name)
-
-
-def transform_side(side: Side, preprocessing: dict) -> None:
-    """The side's features as tensors, with the checkpoint's vocabularies and statistics. A history
-    (a list per user) is encoded through the vocabulary of the id feature it shares, which the
-    other side holds: every feature is rebuilt and linked, the side's own are applied."""
-    preprocessor = Preprocessor({"features": preprocessing["features"], "tasks": {}})
-    preprocessor.types = {name: preprocessor.types[name] for name in side.fields}
-    side.table = preprocessor.transform(side.frame, get_registry(), with_labels=False)
 
 
 def pairs_by_row(path: str, user_key: str, item_key: str, users: pd.Index, items: pd.Index, option: str

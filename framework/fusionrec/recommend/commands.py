@@ -15,7 +15,8 @@ from rich.table import Table
 
 from fusionrec.data.batches import TensorTable
 from fusionrec.errors import CommandParser, ConfigError, DataError
-from fusionrec.recommend.catalogue import Side, assign_fields, pairs_by_row, read_side, transform_side
+from fusionrec.data.keyed import Side, read_side, transform_side
+from fusionrec.recommend.catalogue import assign_fields, pairs_by_row
 from fusionrec.serving.fused_score import COMBINATIONS, FusedScore
 from fusionrec.recommend.metrics import topk_metrics
 from fusionrec.recommend.ranker import Ranker, TopK

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fusionrec.data.batches import TensorTable
-from fusionrec.recommend.catalogue import Side
+from fusionrec.data.keyed import Side
 from fusionrec.serving.fused_score import FusedScore
 from fusionrec.training.module import MultiTaskModule
 

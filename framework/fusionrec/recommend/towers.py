@@ -15,7 +15,7 @@ from torch import Tensor
 from fusionrec.components.retrieval import RetrievalModel
 from fusionrec.data.batches import TensorTable
 from fusionrec.errors import DataError
-from fusionrec.recommend.catalogue import Side, transform_side
+from fusionrec.data.keyed import Side, transform_side
 from fusionrec.recommend.vectors import ApproximateIndex, exact_topk, recall_against
 from fusionrec.training.module import MultiTaskModule
 

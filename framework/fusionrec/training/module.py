@@ -42,6 +42,12 @@ DEFAULT_COMPONENTS = {"fusion": "concat", "trunk": "shared_bottom", "balancer": 
 RETRIEVAL_KEYS = {"user_key": "user_id", "item_key": "item_id"}
 
 
+def vocabulary_size(encoder: Any) -> int:
+    """A multi_categorical field's id count, the width of its multi-hot as graph content; 0 for others."""
+    field = getattr(encoder, "field", None)
+    return field.cardinality if field is not None and field.type == "multi_categorical" else 0
+
+
 def component_config(key: str, config: dict[str, Any] | None) -> dict[str, Any]:
     """``model.<key>`` as configured (or null) -> ``{name, **options}`` with the default name filled in."""
     return {"name": DEFAULT_COMPONENTS[key], **(config or {})}
@@ -169,10 +175,12 @@ class MultiTaskModule(LightningModule):
                                                     label_states[task], **spec["options"])
         return model
 
-    def use_splits(self, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable]) -> None:
+    def use_splits(self, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable],
+                   catalogue: TensorTable | None = None) -> None:
         """The data module's split frames and tables, handed over in its setup: graph encoders take the
-        training split's user-item edges, and a retrieval model's loss draws its candidates from the
-        training split's items (:class:`RetrievalCatalogue`)."""
+        training split's user-item edges and their items' content (from ``catalogue``, the items of
+        ``data.catalogue``, first), and a retrieval model's loss draws its candidates from the training
+        split's items (:class:`RetrievalCatalogue`)."""
         graphs = [encoder for encoder in self.model.encoders.values()
                   if isinstance(encoder, GraphEncoder) and encoder.side == "user"]
         if (graphs or self.retrieval_config is not None) and "train" not in splits:
@@ -188,8 +196,10 @@ class MultiTaskModule(LightningModule):
             encoder.use_interactions(features[graph["user"]][rows], features[graph["item"]][rows])
             item = self.model.encoders[graph["item"]]
             if item.content_fields():
-                item.use_item_content(*item_content(tables["train"], graph["item"], item.content_fields(),
-                                                    item.field.cardinality, f"model.encoders.{graph['item']}"))
+                widths = {field: vocabulary_size(getattr(self.model.encoders, field, None)) for field in item.content_fields()}
+                item.use_item_content(*item_content([*([catalogue] if catalogue else []), tables["train"]],
+                                                    graph["item"], widths, item.field.cardinality,
+                                                    f"model.encoders.{graph['item']}"))
         if self.retrieval_config is None:
             return
         (task, head), = self.model.heads.items()
