@@ -13,15 +13,18 @@ binary user x item matrix, lambda picked by validation NDCG@20 with train as his
 train + validation; fusionrec's models, each ``fusionrec fit --config CONFIG`` on the train/validation
 files (early stopping on validation) and ``evaluate_topk``: ``pairs`` (the multi-task ranking model
 scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``lightgcn`` (the
-same with LightGCN user and movie ids, docs/graph-encoders.md), ``lightgcn-titles`` (and an item-item
-graph of the titles, FREEDOM's recipe), ``sequential``
+same with LightGCN user and movie ids, docs/graph-encoders.md), ``lightgcn-content`` (and FREEDOM's
+item-item graph of the titles and the genres, over the ml-100k.item catalogue), ``mf-ids`` and
+``lightgcn-ids`` (towers of the ids alone: matrix factorisation against LightGCN), ``sequential``
 (configs/movielens-retrieval.yaml: a SASRec history, next-item training) and ``retrieve-rank``
 (the sequential model's top ``--candidates``, ordered by the ranking model's ``--score``). Every
 retrieval model reads the users' train + validation ratings, in time order, as their history.
 
-``--cold-start``: 20% of the movies (seed 0) are held out of training entirely; two sequential models,
-one whose item tower reads the title (all-MiniLM-L6-v2, frozen) and genres, one the id alone, rank
-only the held-out movies for each user: recall@20 among cold items, against chance.
+``--cold-start``: 20% of the movies (seed 0) are held out of training entirely; sequential models
+whose item tower reads the title (all-MiniLM-L6-v2, frozen) and genres, the id alone, or the title
+and genres beside LightGCN ids with the title and genre graph over the ml-100k.item catalogue (where
+the held-out movies have ids and content neighbours), rank only the held-out movies for each user:
+recall@20 among cold items, against chance.
 
     .venv/bin/python benchmarks/topk_ml100k.py
     .venv/bin/python benchmarks/topk_ml100k.py --cold-start
@@ -46,7 +49,8 @@ from fusionrec.recommend import evaluate_topk, topk_metrics
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "ml-100k"
 LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
-ROWS = ["most-popular", "EASE", "pairs", "two-tower", "lightgcn", "lightgcn-titles", "sequential", "retrieve-rank"]
+ROWS = ["most-popular", "EASE", "pairs", "two-tower", "lightgcn", "lightgcn-content", "mf-ids", "lightgcn-ids",
+        "sequential", "retrieve-rank"]
 
 
 def split_per_user(ratings: pd.DataFrame, fraction: float = 0.1) -> dict[str, pd.DataFrame]:
@@ -141,9 +145,12 @@ def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], re
               "items_path": str(DATA / "ml-100k.item"), "ks": args.k}
     results, checkpoints = {}, {}
     lightgcn = variant(args.two_tower_config, work / "lightgcn.yaml", with_lightgcn)
-    titles = variant(lightgcn, work / "lightgcn-titles.yaml", with_title_graph)
+    content = variant(lightgcn, work / "lightgcn-content.yaml", with_content_graph)
+    mf_ids = variant(args.two_tower_config, work / "mf-ids.yaml", ids_only)
+    lightgcn_ids = variant(lightgcn, work / "lightgcn-ids.yaml", ids_only)
     for name, config in (("pairs", args.ranking_config), ("two-tower", args.two_tower_config),
-                         ("lightgcn", lightgcn), ("lightgcn-titles", titles), ("sequential", args.sequential_config)):
+                         ("lightgcn", lightgcn), ("lightgcn-content", content), ("mf-ids", mf_ids),
+                         ("lightgcn-ids", lightgcn_ids), ("sequential", args.sequential_config)):
         needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
         if not needed:
             continue
@@ -175,7 +182,7 @@ def cold_start(args: argparse.Namespace, splits: dict[str, pd.DataFrame], work: 
               "items_path": str(work / "cold_items.parquet"), "ks": [20]}
     results = {}
     for name, change in (("title + genres", with_title), ("id only", id_only),
-                         ("title + genres, LightGCN ids and a title graph", with_title_and_graphs)):
+                         ("title + genres, LightGCN ids, title and genre graph, catalogue", with_title_and_graphs)):
         config = variant(args.cold_config, work / f"{change.__name__}.yaml", change)
         checkpoint, seconds = fit_fusionrec(config, warm, work, change.__name__, args.max_epochs)
         results[f"cold start, item tower: {name}"] = {**timed_topk(checkpoint=checkpoint, **common),
@@ -199,12 +206,25 @@ def with_lightgcn(config: dict) -> None:
                                                        for field in ("user_id", "item_id")})
 
 
-def with_title_graph(config: dict) -> None:
+def with_content_graph(config: dict) -> None:
     """LightGCN ids plus FREEDOM's item-item graph of the titles (all-MiniLM-L6-v2, frozen), which the
-    item tower also reads."""
+    item tower also reads, and of the genres, over every movie of the catalogue."""
     add_title(config)
-    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0}, neighbours=10)
+    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0, "class": 1.0}, neighbours=10)
     config["model"]["retrieval"]["item"]["fields"].append("movie_title")
+    with_catalogue(config)
+
+
+def with_catalogue(config: dict) -> None:
+    """Every movie of ml-100k.item gets an id and its content, rated in training or not."""
+    config["data"]["catalogue"] = {"path": str(DATA / "ml-100k.item"), "key": "item_id"}
+
+
+def ids_only(config: dict) -> None:
+    """The user id against the movie id: no other feature."""
+    config["data"]["features"] = {name: config["data"]["features"][name] for name in ("user_id", "item_id")}
+    config["model"]["retrieval"]["user"] = {"fields": ["user_id"]}
+    config["model"]["retrieval"]["item"] = {"fields": ["item_id"]}
 
 
 def add_title(config: dict) -> None:
@@ -223,12 +243,14 @@ def with_title(config: dict) -> None:
 
 
 def with_title_and_graphs(config: dict) -> None:
-    """``with_title``, and the user and movie ids through LightGCN with FREEDOM's title graph."""
+    """``with_title``, and the user and movie ids through LightGCN with FREEDOM's title and genre graph
+    over the catalogue: the held-out movies have ids and content neighbours."""
     with_title(config)
     config["data"]["features"] = {"user_id": {"type": "categorical"}, **config["data"]["features"]}
     config["model"]["retrieval"]["user"]["fields"].insert(0, "user_id")
     with_lightgcn(config)
-    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0}, neighbours=10)
+    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0, "class": 1.0}, neighbours=10)
+    with_catalogue(config)
 
 
 def id_only(config: dict) -> None:

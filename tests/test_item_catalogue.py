@@ -1,6 +1,6 @@
 """data.catalogue: items without training rows get ids, and graph encoders give them a representation
-through their content neighbours, served by the bundle; items first seen after training fall back to
-their content fields. Genres (multi_categorical) as graph content. Bad catalogues."""
+through their content neighbours, served by the bundle; items and users first seen after training fall
+back to their other fields. Genres (multi_categorical) as graph content. Bad catalogues."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_catalogue_items_without_training_rows_get_ids_and_content_neighbours(tr
         assert len(neighbours[ids[str(item)]]) > NEIGHBOURS
 
 
-def test_the_bundle_serves_cold_items_and_new_items_fall_back_to_their_content(trained):
+def test_the_bundle_serves_cold_items_and_new_items_and_users_fall_back_to_their_features(trained):
     root, checkpoint, cold, items = trained
     bundle = root / "bundle"
     assert main(["export", "--ckpt", checkpoint, "--out", str(bundle), "--skip-test-metrics", "--no-onnx"]) == 0
@@ -93,8 +93,10 @@ def test_the_bundle_serves_cold_items_and_new_items_fall_back_to_their_content(t
     scoring.check()
     log = pd.read_parquet(root / "val.parquet")
     rows = log[log["item_id"].isin(cold)].head(4).reset_index(drop=True)
-    rows = pd.concat([rows, rows.assign(item_id=-1)], ignore_index=True)  # the same rows, an item never seen
-    rows.loc[len(rows) - 1, "item_embedding"] = rows.loc[len(rows) - 1, "item_embedding"] * -1.0  # other content
+    # The same rows with an item never seen, then with a user never seen (other attributes in the last one).
+    rows = pd.concat([rows, rows.assign(item_id=-1), rows.assign(user_id=-1)], ignore_index=True)
+    rows.loc[7, "item_embedding"] = rows.loc[7, "item_embedding"] * -1.0
+    rows.loc[11, ["user_age", "user_segment"]] = [rows.loc[11, "user_age"] + 30, (rows.loc[11, "user_segment"] + 1) % 5]
 
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     table = Preprocessor(module.hparams.preprocessing).transform(rows, get_registry(), with_labels=False)
@@ -108,6 +110,8 @@ def test_the_bundle_serves_cold_items_and_new_items_fall_back_to_their_content(t
     assert not np.allclose(click[:4], click[4:8])
     # ...and a new item is scored from its content: other content, another score.
     assert click[3] != pytest.approx(click[7], abs=1e-6)
+    # A new user from their attributes likewise.
+    assert click[3] != pytest.approx(click[11], abs=1e-6)
 
 
 def test_multi_categorical_content_is_a_multi_hot_and_the_catalogue_comes_first():
