@@ -99,8 +99,8 @@ def evaluate_scores(scores: np.ndarray, history: np.ndarray, relevant: pd.DataFr
             "users": len(evaluated)}
 
 
-def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, name: str, max_epochs: int | None,
-                  overrides: list[str] = ()) -> tuple[str, float]:
+def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, name: str,
+                  args: argparse.Namespace) -> tuple[str, float]:
     """``fusionrec fit`` on the train/val files (no test during fit): the best checkpoint and the seconds."""
     for split in ("train", "val"):
         splits[split].to_parquet(work / f"{split}.parquet")
@@ -108,9 +108,11 @@ def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, name
     argv = ["fit", "--config", config, "--data.path", "null", "--data.split", "null",
             "--data.train", str(work / "train.parquet"), "--data.val", str(work / "val.parquet"),
             "--test_after_fit", "false", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", *overrides]
-    if max_epochs:
-        argv += ["--trainer.max_epochs", str(max_epochs)]
+            "--trainer.enable_progress_bar", "false"]
+    if args.max_epochs:
+        argv += ["--trainer.max_epochs", str(args.max_epochs)]
+    if args.weight_decay is not None:
+        argv += ["--model.weight_decay", str(args.weight_decay)]
     start = time.perf_counter()
     if fusionrec_main(argv) != 0:
         raise SystemExit(f"fusionrec fit --config {config} failed")
@@ -154,7 +156,7 @@ def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], re
         needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
         if not needed:
             continue
-        checkpoints[name], seconds = fit_fusionrec(config, splits, work, name, args.max_epochs)
+        checkpoints[name], seconds = fit_fusionrec(config, splits, work, name, args)
         if name in args.rows:
             score = {"score": args.score, "combine": args.combine} if name == "pairs" else {}
             results[f"{name} ({config})"] = {**timed_topk(checkpoint=checkpoints[name], **score, **common),
@@ -182,9 +184,10 @@ def cold_start(args: argparse.Namespace, splits: dict[str, pd.DataFrame], work: 
               "items_path": str(work / "cold_items.parquet"), "ks": [20]}
     results = {}
     for name, change in (("title + genres", with_title), ("id only", id_only),
-                         ("title + genres, LightGCN ids, title and genre graph, catalogue", with_title_and_graphs)):
+                         ("title + genres, LightGCN ids, title and genre graph, catalogue", with_title_and_graphs),
+                         ("LightGCN id with the title and genre graph, catalogue", graph_only)):
         config = variant(args.cold_config, work / f"{change.__name__}.yaml", change)
-        checkpoint, seconds = fit_fusionrec(config, warm, work, change.__name__, args.max_epochs)
+        checkpoint, seconds = fit_fusionrec(config, warm, work, change.__name__, args)
         results[f"cold start, item tower: {name}"] = {**timed_topk(checkpoint=checkpoint, **common),
                                                       "fit seconds": seconds, "cold items": len(cold),
                                                       "chance recall@20": 20 / len(cold)}
@@ -253,6 +256,13 @@ def with_title_and_graphs(config: dict) -> None:
     with_catalogue(config)
 
 
+def graph_only(config: dict) -> None:
+    """The item tower reads the movie id alone, through LightGCN with the title and genre graph over the
+    catalogue: a held-out movie is represented through its content neighbours only."""
+    with_title_and_graphs(config)
+    config["model"]["retrieval"]["item"]["fields"] = ["item_id"]
+
+
 def id_only(config: dict) -> None:
     del config["data"]["features"]["release_year"], config["data"]["features"]["class"]
     config["model"]["retrieval"]["item"]["fields"] = ["item_id"]
@@ -269,6 +279,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100, help="retrieve-rank: candidates per user")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--max-epochs", type=int, help="override the configs' trainer.max_epochs")
+    parser.add_argument("--weight-decay", type=float, help="override the configs' model.weight_decay (L2, Adam)")
     parser.add_argument("--cold-start", action="store_true", help="the cold-start comparison instead")
     parser.add_argument("--cold-config", default="configs/movielens-retrieval.yaml")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SMALL_LOG, small_config, write_config
+from conftest import SMALL_LOG, retrieval_config, small_config, write_config
 from fusionrec.cli import main
 from fusionrec.data.batches import TensorTable
 from fusionrec.data.graph import item_content
@@ -148,3 +148,32 @@ def test_bad_catalogues_fail_with_one_line(tmp_path, capsys, change, message):
     assert main(["fit", "--config", str(write_config(tmp_path, config))]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
+
+
+def test_a_retrieval_model_reads_its_content_graph_outside_the_towers(tmp_path):
+    """The item tower reads the LightGCN item id alone; the tags and vectors build the item graph only.
+    The bundle's catalogue vectors give each cold item its own vector, from its neighbours."""
+    cold, items = cold_start_files(tmp_path)
+    config = retrieval_config()
+    data = config["data"]
+    del data["generate"], data["split"]
+    data.update({key: catalogue_config(tmp_path)["data"][key] for key in ("train", "val", "catalogue")})
+    data["features"].update(item_tags={"type": "multi_categorical", "separator": "|", "max_length": 4},
+                            item_embedding={"type": "vector"})
+    del data["features"]["item_category"]
+    config["model"]["encoders"].update({field: {"name": "lightgcn", "graph": dict(GRAPH), "layers": 2}
+                                        for field in ("user_id", "item_id")})
+    config["model"]["encoders"]["item_id"].update(content={"item_tags": 1.0, "item_embedding": 1.0}, neighbours=3)
+    config["model"]["retrieval"]["item"]["fields"] = ["item_id"]
+    config["trainer"].update(max_epochs=1, enable_checkpointing=True, logger=True, default_root_dir=str(tmp_path))
+    assert main(["fit", "--config", str(write_config(tmp_path, config)), "--test_after_fit", "false"]) == 0
+    (checkpoint,) = tmp_path.glob("lightning_logs/version_0/checkpoints/epoch=*.ckpt")
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--ckpt", str(checkpoint), "--out", str(bundle), "--skip-test-metrics", "--no-onnx",
+                 "--items", str(tmp_path / "items.parquet")]) == 0
+    scoring = load(bundle)
+    scoring.check()
+    vectors = scoring.tower_vectors("item", {"item_id": sorted(cold)})
+    assert len(np.unique(vectors.round(5), axis=0)) == len(cold)  # not the one out-of-vocabulary vector
+    unknown = scoring.tower_vectors("item", {"item_id": [-1, -2]})
+    np.testing.assert_allclose(unknown[0], unknown[1])

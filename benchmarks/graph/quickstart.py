@@ -1,6 +1,6 @@
 """The quickstart's ranking model (configs/quickstart.yaml, generated multimodal log) with and without
 graph encoders: LightGCN user and item ids over the training clicks, plus FREEDOM's item-item graph of
-the items' precomputed vectors and titles (frozen MiniLM features). Test metrics of the best
+the items' precomputed vectors, titles (frozen MiniLM features) and tags (multi-hot). Test metrics of the best
 checkpoint, one seed.
 
     .venv/bin/python benchmarks/graph/quickstart.py
@@ -25,7 +25,7 @@ def with_graphs(config: dict) -> dict:
     encoders = config["model"]["encoders"]
     encoders["user_id"] = {"name": "lightgcn", "graph": dict(GRAPH), "layers": 2}
     encoders["item_id"] = {"name": "lightgcn", "graph": dict(GRAPH), "layers": 2,
-                           "content": {"item_embedding": 1.0, "item_title": 1.0}, "neighbours": 10}
+                           "content": {"item_embedding": 1.0, "item_title": 1.0, "item_tags": 1.0}, "neighbours": 10}
     return config
 
 

@@ -93,7 +93,7 @@ class Propagation(nn.Module):
         degree = torch.zeros(size, device=device).index_add_(0, rows, weights)
         scale = degree.clamp(min=1e-12).rsqrt()
         values = weights * scale[rows] * scale[columns]
-        self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size)).coalesce()
+        self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size), check_invariants=False).coalesce()
         return self.content_adjacency
 
     def normalised_adjacency(self) -> Tensor:
@@ -106,7 +106,7 @@ class Propagation(nn.Module):
             degree = torch.bincount(rows, minlength=size).float()
             scale = degree.clamp(min=1).rsqrt()
             values = scale[rows] * scale[columns]
-            coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size)).coalesce()
+            coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size), check_invariants=False).coalesce()
             with warnings.catch_warnings():  # "CSR support is in beta": the product and its backward are tested
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 self.adjacency = coo.to_sparse_csr()

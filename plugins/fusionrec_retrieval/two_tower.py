@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from fusionrec.components import PositiveFloat, PositiveInt, SequenceEncoder
+from fusionrec.components.graph import GraphEncoder
 from fusionrec.components.retrieval import Features, RetrievalModel
 from fusionrec.data.media import MediaBatch
 from fusionrec.errors import ConfigError
@@ -120,7 +121,10 @@ def check_sides(user: list[str], item: list[str], encoders: dict[str, nn.Module]
     if both:
         raise ConfigError(f"model.retrieval: {', '.join(both)} is in both towers' fields; each feature belongs to "
                           f"the user side or the item side")
-    neither = [name for name in encoders if name not in user and name not in item]
+    # A graph encoder's content fields may stay out of the towers: the item graph reads them once, at setup.
+    graph_content = {field for encoder in encoders.values() if isinstance(encoder, GraphEncoder)
+                     for field in encoder.content_fields()}
+    neither = [name for name in encoders if name not in user and name not in item and name not in graph_content]
     if neither:
         raise ConfigError(f"model.retrieval: feature(s) {', '.join(neither)} are in neither tower's fields; add "
                           f"each to model.retrieval.user.fields or model.retrieval.item.fields, or drop it from "
