@@ -113,6 +113,8 @@ def fit_fusionrec(config: str, splits: dict[str, pd.DataFrame], work: Path, name
         argv += ["--trainer.max_epochs", str(args.max_epochs)]
     if args.weight_decay is not None:
         argv += ["--model.weight_decay", str(args.weight_decay)]
+    if args.seed is not None:
+        argv += ["--seed_everything", str(args.seed)]
     start = time.perf_counter()
     if fusionrec_main(argv) != 0:
         raise SystemExit(f"fusionrec fit --config {config} failed")
@@ -280,6 +282,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--max-epochs", type=int, help="override the configs' trainer.max_epochs")
     parser.add_argument("--weight-decay", type=float, help="override the configs' model.weight_decay (L2, Adam)")
+    parser.add_argument("--seed", type=int, help="override the configs' seed_everything")
     parser.add_argument("--cold-start", action="store_true", help="the cold-start comparison instead")
     parser.add_argument("--cold-config", default="configs/movielens-retrieval.yaml")
     args = parser.parse_args()

@@ -119,7 +119,8 @@ def test_multi_categorical_content_is_a_multi_hot_and_the_catalogue_comes_first(
     train = TensorTable({"item_id": torch.tensor([2, 3, 3]), "tags": torch.tensor([[2, 3], [4, 0], [2, 0]]),
                          "vector": torch.tensor([[1.0, 0], [0, 1], [5, 5]])}, {}, 3)
     catalogue = TensorTable({"item_id": torch.tensor([4, 3]), "tags": torch.tensor([[1, 0], [3, 4]])}, {}, 2)
-    vectors, present = item_content([catalogue, train], "item_id", {"tags": 5, "vector": 0}, 5, "model.encoders.item_id")
+    vectors, present = item_content([catalogue, train], "item_id", {"tags": 5, "vector": 0}, 5,
+                                    "model.encoders.item_id")
     expected = torch.zeros(5, 5)
     expected[2, [2, 3]] = 1  # from the training split
     expected[3, [3, 4]] = 1  # the catalogue's row, not the training split's

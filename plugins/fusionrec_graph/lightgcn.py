@@ -11,8 +11,9 @@ cosine-similar items), the fields' graphs summed with their weights and normalis
 item table gets ``normalise(S_hat^L E_items)`` added (L = ``content_layers``), so an item with few or
 no training interactions is represented through the items its content resembles.
 
-Cost: each training step propagates the whole graph once, ``K`` sparse products of ``2E`` non-zeros
-by ``D`` columns (the second linked encoder reuses the step's tables); in eval mode the tables are
+Cost: each training step propagates the whole graph once, ``K`` sparse (CSR) products of ``2E``
+non-zeros by ``D`` columns, and as many in the backward pass (the second linked encoder reuses the
+step's tables); in eval mode the tables are
 propagated once and kept until the model trains again, so validation, top-K and export read plain
 tables.
 """
@@ -93,7 +94,8 @@ class Propagation(nn.Module):
         degree = torch.zeros(size, device=device).index_add_(0, rows, weights)
         scale = degree.clamp(min=1e-12).rsqrt()
         values = weights * scale[rows] * scale[columns]
-        self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size), check_invariants=False).coalesce()
+        self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size),
+                                                         check_invariants=False).coalesce()
         return self.content_adjacency
 
     def normalised_adjacency(self) -> Tensor:
@@ -106,7 +108,8 @@ class Propagation(nn.Module):
             degree = torch.bincount(rows, minlength=size).float()
             scale = degree.clamp(min=1).rsqrt()
             values = scale[rows] * scale[columns]
-            coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size), check_invariants=False).coalesce()
+            coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size),
+                                          check_invariants=False).coalesce()
             with warnings.catch_warnings():  # "CSR support is in beta": the product and its backward are tested
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 self.adjacency = coo.to_sparse_csr()

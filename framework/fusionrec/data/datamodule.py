@@ -67,7 +67,8 @@ class MultiTaskDataModule(LightningDataModule):
     def __init__(self, features: dict[str, Any], tasks: dict[str, Any], path: str | None = None,
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  predict: str | None = None, split: dict[str, Any] | None = None,
-                 joins: list[dict[str, Any]] | None = None, catalogue: dict[str, str] | None = None, generate: dict[str, Any] | None = None,
+                 joins: list[dict[str, Any]] | None = None, catalogue: dict[str, str] | None = None,
+                 generate: dict[str, Any] | None = None,
                  streaming: dict[str, Any] | None = None, scenario: str | None = None, group: str | None = None,
                  negatives: dict[str, Any] | None = None, batch_size: PositiveInt = 1024,
                  eval_batch_size: PositiveInt = 8192, num_workers: NonNegativeInt = 0, shuffle_seed: int | None = None):

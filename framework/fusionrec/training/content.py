@@ -20,7 +20,10 @@ def attach_content_encoders(fields: dict[str, ContentField], tables: dict[str, A
         return
     cache = FeatureCache(cache_dir() / "features")
     for name, content in fields.items():
-        encoder, columns = content.encoder, [table.media[name] for table in tables.values()]
+        # A table without the field (a retrieval tower's side, a field only a graph encoder reads) needs nothing.
+        encoder, columns = content.encoder, [table.media[name] for table in tables.values() if name in table.media]
+        if not columns:
+            continue
         if encoder.trainable_backbone:
             for column in columns:
                 column.prepare = encoder.prepare

@@ -196,7 +196,8 @@ class MultiTaskModule(LightningModule):
             encoder.use_interactions(features[graph["user"]][rows], features[graph["item"]][rows])
             item = self.model.encoders[graph["item"]]
             if item.content_fields():
-                widths = {field: vocabulary_size(getattr(self.model.encoders, field, None)) for field in item.content_fields()}
+                widths = {field: vocabulary_size(getattr(self.model.encoders, field, None))
+                          for field in item.content_fields()}
                 item.use_item_content(*item_content([*([catalogue] if catalogue else []), tables["train"]],
                                                     graph["item"], widths, item.field.cardinality,
                                                     f"model.encoders.{graph['item']}"))
