@@ -146,6 +146,8 @@ def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking
     module = load_module(checkpoint)
     user = module.model.encoders["user_id"]
     assert user.propagation.edges.shape == edges.shape
+    # Extra state, not buffers: DistributedDataParallel would broadcast every buffer at every step.
+    assert not list(user.propagation.buffers())
     assert user.propagation.normalised_adjacency()._nnz() == 2 * edges.shape[1]
     items = state["model.encoders.item_id.propagation._extra_state"]["item_edges"]
     assert items.shape[1] == 10 * (module.model.encoders["item_id"].embedding.num_embeddings - 2)  # 10 neighbours each
