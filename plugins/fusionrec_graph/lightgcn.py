@@ -20,7 +20,9 @@ tables.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,6 +34,15 @@ from fusionrec.errors import ConfigError
 from fusionrec.features.base import RESERVED
 
 INIT_STD = 0.1  # as the LightGCN reference implementation
+
+
+@contextlib.contextmanager
+def quiet_sparse() -> Iterator[None]:
+    """Without torch's notices that sparse CSR support is in beta and invariant checks are off: the
+    matrices are built here from checked ids, and the products and their backward are tested."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse (CSR tensor support is in beta|invariant checks are implicitly)")
+        yield
 
 
 class Propagation(nn.Module):
@@ -94,8 +105,8 @@ class Propagation(nn.Module):
         degree = torch.zeros(size, device=device).index_add_(0, rows, weights)
         scale = degree.clamp(min=1e-12).rsqrt()
         values = weights * scale[rows] * scale[columns]
-        self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size),
-                                                         check_invariants=False).coalesce()
+        with quiet_sparse():
+            self.content_adjacency = torch.sparse_coo_tensor(edges, values, (size, size)).coalesce()
         return self.content_adjacency
 
     def normalised_adjacency(self) -> Tensor:
@@ -108,10 +119,8 @@ class Propagation(nn.Module):
             degree = torch.bincount(rows, minlength=size).float()
             scale = degree.clamp(min=1).rsqrt()
             values = scale[rows] * scale[columns]
-            coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size),
-                                          check_invariants=False).coalesce()
-            with warnings.catch_warnings():  # "CSR support is in beta": the product and its backward are tested
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            with quiet_sparse():
+                coo = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, (size, size)).coalesce()
                 self.adjacency = coo.to_sparse_csr()
         return self.adjacency
 

@@ -103,7 +103,8 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, features: dict[str, FeatureSpec], tasks: dict[str, TaskSpec],
-            registry: Registry, scenario: str | None = None, catalogue: pd.DataFrame | None = None) -> "Preprocessor":
+            registry: Registry, scenario: str | None = None,
+            catalogue: pd.DataFrame | None = None) -> "Preprocessor":
         """Fitted on the training rows ``frame`` and the items of ``catalogue`` (:meth:`IncrementalFit.add_items`)."""
         fit = IncrementalFit(features, tasks, registry, scenario)
         fit.update(frame)

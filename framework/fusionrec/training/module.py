@@ -198,7 +198,7 @@ class MultiTaskModule(LightningModule):
             if item.content_fields():
                 widths = {field: vocabulary_size(getattr(self.model.encoders, field, None))
                           for field in item.content_fields()}
-                item.use_item_content(*item_content([*([catalogue] if catalogue else []), tables["train"]],
+                item.use_item_content(*item_content([*([catalogue] if catalogue is not None else []), tables["train"]],
                                                     graph["item"], widths, item.field.cardinality,
                                                     f"model.encoders.{graph['item']}"))
         if self.retrieval_config is None:
