@@ -153,6 +153,19 @@ def test_the_checkpoint_keeps_the_training_splits_clicked_pairs_as_edges(ranking
     assert items.shape[1] == 10 * (module.model.encoders["item_id"].embedding.num_embeddings - 2)  # 10 neighbours each
     torch.testing.assert_close(module.model.encoders["item_id"].propagation.item_edges, items)
 
+    # A checkpoint that still holds the graphs as buffers (fusionrec 0.1.0) loads the same graphs.
+    older = {key: value for key, value in module.model.state_dict().items() if not key.endswith("_extra_state")}
+    for field in ("user_id", "item_id"):
+        older.update({f"encoders.{field}.propagation.{name}": value
+                      for name, value in state[f"model.encoders.{field}.propagation._extra_state"].items()})
+    restored = load_module(checkpoint).model
+    empty = {"edges": torch.zeros(2, 0, dtype=torch.long), "item_edges": torch.zeros(2, 0, dtype=torch.long),
+             "item_weights": torch.zeros(0)}
+    restored.encoders["user_id"].propagation.set_extra_state(empty)
+    restored.load_state_dict(older)  # strict: no key left over or missing
+    torch.testing.assert_close(restored.encoders["user_id"].propagation.edges, edges)
+    torch.testing.assert_close(restored.encoders["item_id"].propagation.item_edges, items)
+
 
 @pytest.mark.parametrize("loader", [load, load_onnx], ids=["pt2", "onnx"])
 def test_a_bundle_serves_the_propagated_tables_without_graph_code(ranking, loader):

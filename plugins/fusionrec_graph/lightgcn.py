@@ -13,9 +13,8 @@ no training interactions is represented through the items its content resembles.
 
 Cost: each training step propagates the whole graph once, ``K`` sparse (CSR) products of ``2E``
 non-zeros by ``D`` columns, and as many in the backward pass (the second linked encoder reuses the
-step's tables); in eval mode the tables are
-propagated once and kept until the model trains again, so validation, top-K and export read plain
-tables.
+step's tables); in eval mode the tables are propagated once and kept until the model trains again, so
+validation, top-K and export read plain tables.
 """
 
 from __future__ import annotations
@@ -85,6 +84,13 @@ class Propagation(nn.Module):
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
         self.edges, self.item_edges, self.item_weights = state["edges"], state["item_edges"], state["item_weights"]
         self.adjacency, self.content_adjacency, self.propagated, self.step_tables = None, None, None, None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before the graphs became extra state (fusionrec 0.1.0) hold them as buffers.
+        if prefix + "edges" in state_dict and prefix + "_extra_state" not in state_dict:
+            state_dict[prefix + "_extra_state"] = {name: state_dict.pop(prefix + name)
+                                                   for name in ("edges", "item_edges", "item_weights")}
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "Propagation":
         # The sparse matrices are rebuilt on the tables' new device.
