@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +32,7 @@ from fusionrec.components import FieldInfo, PositiveFloat, PositiveInt
 from fusionrec.components.graph import GraphEncoder
 from fusionrec.errors import ConfigError
 from fusionrec.features.base import RESERVED
+from fusionrec.recommend.vectors import exact_topk
 
 INIT_STD = 0.1  # as the LightGCN reference implementation
 
@@ -227,10 +229,11 @@ class LightGCNEncoder(GraphEncoder):
         return (users if self.side == "user" else items)[ids]
 
 
-def knn_graph(vectors: Tensor, present: Tensor, neighbours: int, block: int = 4096) -> Tensor:
+def knn_graph(vectors: Tensor, present: Tensor, neighbours: int) -> Tensor:
     """``[2, M]`` (item, neighbour) ids: each present item's ``neighbours`` most cosine-similar other
-    present items (fewer when fewer items have a vector), in blocks of
-    ``block`` items, so memory stays ``block x I``. Reserved ids (padding, out of vocabulary) take no part."""
+    present items (fewer when fewer items have a vector), by the blocked exact top-K of top-K
+    recommendation, so memory stays one tile of scores whatever the catalogue size. Reserved ids
+    (padding, out of vocabulary) take no part."""
     present = present.clone()
     present[:RESERVED] = False
     ids = torch.nonzero(present).squeeze(1)
@@ -238,11 +241,6 @@ def knn_graph(vectors: Tensor, present: Tensor, neighbours: int, block: int = 40
     if k < 1:
         return torch.zeros(2, 0, dtype=torch.long)
     unit = nn.functional.normalize(vectors[ids].float(), dim=-1)
-    sources, targets = [], []
-    for start in range(0, len(ids), block):
-        scores = unit[start:start + block] @ unit.T  # [b, N]
-        scores[torch.arange(len(scores)), torch.arange(start, start + len(scores))] = -torch.inf  # not itself
-        chosen = scores.topk(k, dim=1).indices
-        sources.append(ids[start:start + len(scores)].repeat_interleave(k))
-        targets.append(ids[chosen.flatten()])
-    return torch.stack([torch.cat(sources), torch.cat(targets)])
+    itself = np.arange(len(ids))
+    _, chosen = exact_topk(unit, unit, k, exclude=(itself, itself))
+    return torch.stack([ids.repeat_interleave(k), ids[torch.from_numpy(chosen).flatten()]])
