@@ -13,8 +13,9 @@ binary user x item matrix, lambda picked by validation NDCG@20 with train as his
 train + validation; fusionrec's models, each ``fusionrec fit --config CONFIG`` on the train/validation
 files (early stopping on validation) and ``evaluate_topk``: ``pairs`` (the multi-task ranking model
 scoring every pair, ``--score``), ``two-tower`` (configs/movielens-two-tower.yaml), ``lightgcn`` (the
-same with LightGCN user and movie ids, docs/graph-encoders.md), ``lightgcn-content`` (and FREEDOM's
-item-item graph of the titles and the genres, over the ml-100k.item catalogue), ``mf-ids`` and
+same with LightGCN user and movie ids, docs/graph-encoders.md), ``lightgcn-content``
+(configs/movielens-graph.yaml: and FREEDOM's item-item graph of the titles and the genres, over the
+ml-100k.item catalogue), ``mf-ids`` and
 ``lightgcn-ids`` (towers of the ids alone: matrix factorisation against LightGCN), ``sequential``
 (configs/movielens-retrieval.yaml: a SASRec history, next-item training) and ``retrieve-rank``
 (the sequential model's top ``--candidates``, ordered by the ranking model's ``--score``). Every
@@ -149,11 +150,10 @@ def fusionrec_rows(args: argparse.Namespace, splits: dict[str, pd.DataFrame], re
               "items_path": str(DATA / "ml-100k.item"), "ks": args.k}
     results, checkpoints = {}, {}
     lightgcn = variant(args.two_tower_config, work / "lightgcn.yaml", with_lightgcn)
-    content = variant(lightgcn, work / "lightgcn-content.yaml", with_content_graph)
     mf_ids = variant(args.two_tower_config, work / "mf-ids.yaml", ids_only)
     lightgcn_ids = variant(lightgcn, work / "lightgcn-ids.yaml", ids_only)
     for name, config in (("pairs", args.ranking_config), ("two-tower", args.two_tower_config),
-                         ("lightgcn", lightgcn), ("lightgcn-content", content), ("mf-ids", mf_ids),
+                         ("lightgcn", lightgcn), ("lightgcn-content", args.graph_config), ("mf-ids", mf_ids),
                          ("lightgcn-ids", lightgcn_ids), ("sequential", args.sequential_config)):
         needed = name in args.rows or (name in ("pairs", "sequential") and "retrieve-rank" in args.rows)
         if not needed:
@@ -211,15 +211,6 @@ def with_lightgcn(config: dict) -> None:
                                                        for field in ("user_id", "item_id")})
 
 
-def with_content_graph(config: dict) -> None:
-    """LightGCN ids plus FREEDOM's item-item graph of the titles (all-MiniLM-L6-v2, frozen), which the
-    item tower also reads, and of the genres, over every movie of the catalogue."""
-    add_title(config)
-    config["model"]["encoders"]["item_id"].update(content={"movie_title": 1.0, "class": 1.0}, neighbours=10)
-    config["model"]["retrieval"]["item"]["fields"].append("movie_title")
-    with_catalogue(config)
-
-
 def with_catalogue(config: dict) -> None:
     """Every movie of ml-100k.item gets an id and its content, rated in training or not."""
     config["data"]["catalogue"] = {"path": str(DATA / "ml-100k.item"), "key": "item_id"}
@@ -275,6 +266,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS, help="which rows to measure")
     parser.add_argument("--ranking-config", default="configs/movielens-ranking.yaml", help="the pairs row's config")
     parser.add_argument("--two-tower-config", default="configs/movielens-two-tower.yaml")
+    parser.add_argument("--graph-config", default="configs/movielens-graph.yaml", help="the lightgcn-content row's")
     parser.add_argument("--sequential-config", default="configs/movielens-retrieval.yaml")
     parser.add_argument("--score", default="{watched: 1}", help="fused score of the ranking model")
     parser.add_argument("--combine", default="sum", choices=("product", "sum"))

@@ -86,7 +86,7 @@ def test_movielens_config_parses_and_trains_a_few_batches(isolated):
 
 
 @pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"MovieLens 100K not found at {MOVIELENS}")
-@pytest.mark.parametrize("name", ["movielens-retrieval.yaml", "movielens-two-tower.yaml"])
+@pytest.mark.parametrize("name", ["movielens-retrieval.yaml", "movielens-two-tower.yaml", "movielens-graph.yaml"])
 def test_movielens_retrieval_configs_train_a_few_batches(isolated, name):
     runs = isolated / "runs"
     assert main(["fit", "--config", str(REPO / "configs" / name), "--trainer.default_root_dir", str(runs),
