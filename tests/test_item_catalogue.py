@@ -93,10 +93,12 @@ def test_the_bundle_serves_cold_items_and_new_items_and_users_fall_back_to_their
     scoring.check()
     log = pd.read_parquet(root / "val.parquet")
     rows = log[log["item_id"].isin(cold)].head(4).reset_index(drop=True)
-    # The same rows with an item never seen, then with a user never seen (other attributes in the last one).
+    # The same rows with an item never seen, then with a user never seen; then the last of each with
+    # other content (12), and other attributes (13).
     rows = pd.concat([rows, rows.assign(item_id=-1), rows.assign(user_id=-1)], ignore_index=True)
-    rows.loc[7, "item_embedding"] = rows.loc[7, "item_embedding"] * -1.0
-    rows.loc[11, ["user_age", "user_segment"]] = [rows.loc[11, "user_age"] + 30, (rows.loc[11, "user_segment"] + 1) % 5]
+    rows = pd.concat([rows, rows.iloc[[7, 11]]], ignore_index=True)
+    rows.at[12, "item_embedding"] = rows.at[12, "item_embedding"] * -1.0
+    rows.loc[13, ["user_age", "user_segment"]] = [rows.loc[13, "user_age"] + 30, (rows.loc[13, "user_segment"] + 1) % 5]
 
     module = MultiTaskModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     table = Preprocessor(module.hparams.preprocessing).transform(rows, get_registry(), with_labels=False)
@@ -109,9 +111,9 @@ def test_the_bundle_serves_cold_items_and_new_items_and_users_fall_back_to_their
     # A cold item has a representation of its own: the new item with its content scores otherwise...
     assert not np.allclose(click[:4], click[4:8])
     # ...and a new item is scored from its content: other content, another score.
-    assert click[3] != pytest.approx(click[7], abs=1e-6)
+    assert click[12] != pytest.approx(click[7], abs=1e-6)
     # A new user from their attributes likewise.
-    assert click[3] != pytest.approx(click[11], abs=1e-6)
+    assert click[13] != pytest.approx(click[11], abs=1e-6)
 
 
 def test_multi_categorical_content_is_a_multi_hot_and_the_catalogue_comes_first():
