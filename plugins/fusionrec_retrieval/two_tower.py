@@ -50,7 +50,8 @@ class Tower(nn.Module):
 
 class TwoTowerModel(RetrievalModel):
     """``user`` and ``item``: ``{fields: [...], fusion: {name, ...} (default concat), trunk: {name, ...}
-    (default none)}``; every feature is on exactly one side. ``dim``: both towers' output width;
+    (default none)}``; every feature is on exactly one side (a graph encoder's content fields may be
+    on neither). ``dim``: both towers' output width;
     ``normalize``: unit-length outputs, so the score is a cosine over ``temperature``.
 
     The user tower may not read the candidate item (a history encoded with target attention): item

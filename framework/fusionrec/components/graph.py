@@ -49,7 +49,8 @@ class GraphEncoder(FieldEncoder):
 
     def use_item_content(self, vectors: dict[str, Tensor], present: dict[str, Tensor]) -> None:
         """Called on an item side's encoder with :meth:`content_fields`: ``{field: [I, D_f]}``, each item
-        id's vector (its first training row's), and ``{field: Bool[I]}``, which ids have one."""
+        id's vector (its ``data.catalogue`` row's, else its first training row's), and ``{field: Bool[I]}``,
+        which ids have one."""
         raise NotImplementedError
 
 

@@ -24,7 +24,8 @@ class RetrievalModel(nn.Module):
 
     ``encoders``: ``{field: encoder}`` for every feature, built like the multi-task model's (a
     history sharing the item id's vocabulary embeds with the item id's table). Subclasses set
-    ``user_fields`` and ``item_fields`` (every feature on exactly one side), ``output_dim`` (D) and
+    ``user_fields`` and ``item_fields`` (every feature on exactly one side, but for a graph encoder's
+    content fields, which the item graph reads at setup), ``output_dim`` (D) and
     ``temperature``, and implement the two encoders below; ``heads`` holds the retrieval tasks,
     which the training module adds.
 

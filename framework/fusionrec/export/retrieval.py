@@ -12,7 +12,6 @@ from fusionrec.features.base import FeatureValueError
 from fusionrec.features.values import id_token
 from fusionrec.data.keyed import read_side
 from fusionrec.recommend.towers import TowerSearch, tower_side
-from fusionrec.training.content import attach_content_encoders
 from fusionrec.training.module import MultiTaskModule
 
 CHUNK_ROWS = 4096  # items per item-tower run: one chunk's activations bound the memory beyond the table's
@@ -24,7 +23,6 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
     tower's fields as columns, one row per item, content fields as in training) by the checkpoint's item
     tower, its content encoders included, ``chunk_rows`` at a time.
     Keys are kept as the table holds them (numbers stay numbers) and must be distinct ids."""
-    model = module.model
     items = read_side(str(path), item_key, "--items")  # an empty table or a repeated key is refused there
     keys = items.frame[item_key].tolist()
     for row, key in enumerate(keys):
@@ -35,8 +33,6 @@ def catalogue_vectors(module: MultiTaskModule, path: str | Path, item_key: str, 
         if token is None:
             raise DataError(f"--items: {path}, column '{item_key}': row {row} has no key; every item needs one")
     tower_side(module, items, "item", "--items")
-    # The table's media columns batch nothing before their encoders are attached (a user tower's have no column).
-    attach_content_encoders({name: field for name, field in module.content_fields().items()
-                             if name in model.item_fields}, {"catalogue": items.table})
+    module.attach_content_encoders({"items": items.table})  # its media columns batch nothing before
     vectors = TowerSearch(module, max_rows=chunk_rows).vectors(items, np.arange(len(keys)), "items")
     return keys, vectors.numpy()

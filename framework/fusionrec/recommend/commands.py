@@ -13,7 +13,6 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from fusionrec.data.batches import TensorTable
 from fusionrec.errors import CommandParser, ConfigError, DataError
 from fusionrec.data.keyed import Side, read_side, transform_side
 from fusionrec.recommend.catalogue import assign_fields, pairs_by_row
@@ -80,8 +79,7 @@ class TopKSource:
             for side in (users, items):
                 transform_side(side, preprocessing)
             # Content fields get their prepare/cached features on their columns, whichever side holds them.
-            module.attach_content_encoders({"catalogue": TensorTable({}, {}, 0,
-                                                                     {**users.table.media, **items.table.media})})
+            module.attach_content_encoders({"users": users.table, "items": items.table})
         return users, items
 
     def width(self, k: int) -> int:

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from fusionrec.components.retrieval import RetrievalModel
-from fusionrec.data.batches import TensorTable
 from fusionrec.errors import DataError
 from fusionrec.data.keyed import Side, transform_side
 from fusionrec.recommend.vectors import ApproximateIndex, exact_topk, recall_against
@@ -41,7 +40,7 @@ def tower_sides(module: MultiTaskModule, users: Side, items: Side, user_option: 
     """Both sides (:func:`tower_side`), their content fields' encoders attached."""
     tower_side(module, users, "user", user_option)
     tower_side(module, items, "item", item_option)
-    module.attach_content_encoders({"catalogue": TensorTable({}, {}, 0, {**users.table.media, **items.table.media})})
+    module.attach_content_encoders({"users": users.table, "items": items.table})
 
 
 class TowerSearch:

@@ -77,7 +77,8 @@ class MultiTaskModule(LightningModule):
     def __init__(self, tasks: dict[str, dict[str, Any]], embedding_dim: PositiveInt = 16,
                  encoders: dict[str, dict[str, Any]] | None = None, fusion: dict[str, Any] | None = None,
                  trunk: dict[str, Any] | None = None, balancer: dict[str, Any] | None = None,
-                 retrieval: dict[str, Any] | None = None, learning_rate: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0,
+                 retrieval: dict[str, Any] | None = None, learning_rate: PositiveFloat = 1e-3,
+                 weight_decay: NonNegativeFloat = 0.0,
                  embedding_budget_mib: PositiveFloat | None = None, preprocessing: dict[str, Any] | None = None):
         super().__init__()
         # LightningCLI passes jsonargparse's int and float subclasses (PositiveInt, ...); checkpoints
@@ -176,11 +177,11 @@ class MultiTaskModule(LightningModule):
         return model
 
     def use_splits(self, splits: dict[str, pd.DataFrame], tables: dict[str, TensorTable],
-                   catalogue: TensorTable | None = None) -> None:
+                   items: TensorTable | None = None) -> None:
         """The data module's split frames and tables, handed over in its setup: graph encoders take the
-        training split's user-item edges and their items' content (from ``catalogue``, the items of
-        ``data.catalogue``, first), and a retrieval model's loss draws its candidates from the training
-        split's items (:class:`RetrievalCatalogue`)."""
+        training split's user-item edges and their items' content (:meth:`_use_graphs`), and a retrieval
+        model's loss draws its candidates from the training split's items (:class:`RetrievalCatalogue`).
+        ``items``: the table of ``data.catalogue``, if any."""
         graphs = [encoder for encoder in self.model.encoders.values()
                   if isinstance(encoder, GraphEncoder) and encoder.side == "user"]
         if (graphs or self.retrieval_config is not None) and "train" not in splits:
@@ -188,19 +189,7 @@ class MultiTaskModule(LightningModule):
             raise ConfigError(f"{key}: needs the training split in memory (its interactions or items); read it "
                               f"with data.path or data.train, not data.streaming")
         for encoder in graphs:
-            graph, key = encoder.graph, f"model.encoders.{encoder.field.name}.graph"
-            if graph["positive"]:
-                require_columns(splits["train"], {graph["positive"]["column"]: f"{key}.positive.column"})
-            rows = torch.from_numpy(positive_rows(splits["train"], graph["positive"], f"{key}.positive"))
-            features = tables["train"].features
-            encoder.use_interactions(features[graph["user"]][rows], features[graph["item"]][rows])
-            item = self.model.encoders[graph["item"]]
-            if item.content_fields():
-                widths = {field: vocabulary_size(getattr(self.model.encoders, field, None))
-                          for field in item.content_fields()}
-                item.use_item_content(*item_content([*([catalogue] if catalogue is not None else []), tables["train"]],
-                                                    graph["item"], widths, item.field.cardinality,
-                                                    f"model.encoders.{graph['item']}"))
+            self._use_graphs(encoder, splits["train"], tables["train"], items)
         if self.retrieval_config is None:
             return
         (task, head), = self.model.heads.items()
@@ -212,6 +201,23 @@ class MultiTaskModule(LightningModule):
         catalogue = RetrievalCatalogue.build(splits, tables, task, self.retrieval_key("user_key"),
                                              self.retrieval_key("item_key"), self.model.item_fields, sequences)
         self.objective = RetrievalObjective(self.model, task, head, catalogue)
+
+    def _use_graphs(self, user: GraphEncoder, train: pd.DataFrame, table: TensorTable,
+                    items: TensorTable | None) -> None:
+        """A graph's edges (the training split's positive rows) to its user-side encoder, and to its item-side
+        encoder the item content it asks for, from the catalogue's rows first, then the training split's."""
+        graph, key = user.graph, f"model.encoders.{user.field.name}.graph"
+        if graph["positive"]:
+            require_columns(train, {graph["positive"]["column"]: f"{key}.positive.column"})
+        rows = torch.from_numpy(positive_rows(train, graph["positive"], f"{key}.positive"))
+        user.use_interactions(table.features[graph["user"]][rows], table.features[graph["item"]][rows])
+        item = self.model.encoders[graph["item"]]
+        if item.content_fields():
+            widths = {field: vocabulary_size(getattr(self.model.encoders, field, None))
+                      for field in item.content_fields()}
+            sources = [table] if items is None else [items, table]
+            item.use_item_content(*item_content(sources, graph["item"], widths, item.field.cardinality,
+                                                f"model.encoders.{graph['item']}"))
 
     def use_preprocessing(self, preprocessing: dict[str, Any]) -> None:
         """The data module's fitted preprocessing, handed over in its setup: kept in the hyperparameters,
